@@ -1,0 +1,1 @@
+"""Scenario tests of the charm with the manager replaced by `FakeManager`."""
