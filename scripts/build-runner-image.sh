@@ -194,9 +194,9 @@ for f in github-runner-start.sh github-runner.service 20-ghrm-dhcp.network lxd-h
     [[ -f "$TEMPLATES_DIR/$f" ]] || die 1 "template $TEMPLATES_DIR/$f is missing (--templates-dir)"
 done
 
-# Packages: what the brief of every runner needs, plus the runner's .NET runtime dependencies, whose
+# Packages: what every runner needs (nftables: start scripts may install an in-instance denylist), plus the runner's .NET runtime dependencies, whose
 # names differ per release.
-PACKAGES=(systemd-sysv udev iproute2 ca-certificates curl git python3 sudo libkrb5-3 zlib1g)
+PACKAGES=(systemd-sysv udev iproute2 nftables ca-certificates curl git python3 sudo libkrb5-3 zlib1g)
 case "$DIST:$SUITE" in
     debian:bookworm) PACKAGES+=(systemd-resolved libicu72 libssl3 liblttng-ust1) ;;
     debian:trixie) PACKAGES+=(systemd-resolved libicu76 libssl3t64 liblttng-ust1t64) ;;
@@ -255,6 +255,8 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 step() {
     CURRENT_STEP="$1"
@@ -284,6 +286,11 @@ if ! flock -n 9; then
     say "another build holds $CACHE_DIR/.lock; waiting up to ${LOCK_TIMEOUT}s"
     flock -w "$LOCK_TIMEOUT" 9 || die 10 "another build still holds $CACHE_DIR/.lock"
 fi
+# Leftovers of a killed build (we hold the lock, so no other build is using them).
+while read -r mnt; do
+    umount -l "$mnt" 2>/dev/null || true
+done < <(findmnt -rn -o TARGET | grep -F "$CACHE_DIR/work." | sort -r || true)
+find "$CACHE_DIR" -maxdepth 1 -name 'work.*' -type d -exec rm -rf --one-file-system {} +
 WORK="$(mktemp -d "$CACHE_DIR/work.XXXXXX")"
 chmod 0755 "$WORK" # apt's download sandbox user must reach it
 

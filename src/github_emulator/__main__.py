@@ -21,11 +21,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="github-emulator", description="A local GitHub for self-hosted runner managers."
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)"
+    )
     parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
     parser.add_argument("--print-url", action="store_true", help="print the base URL on stdout")
     parser.add_argument("--org", action="append", default=[], help="declare an org (repeatable)")
-    parser.add_argument("--repo", action="append", default=[], help="declare owner/name (repeatable)")
+    parser.add_argument(
+        "--repo", action="append", default=[], help="declare owner/name (repeatable)"
+    )
     parser.add_argument("--enterprise", action="append", default=[], help="declare an enterprise")
     parser.add_argument(
         "--token",
@@ -35,15 +39,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--hook-url", action="append", default=[], help="workflow_job webhook URL")
     parser.add_argument(
-        "--hook-secret", action="append", default=[], help="secret for the --hook-url at the same position"
+        "--hook-secret",
+        action="append",
+        default=[],
+        help="secret for the --hook-url at the same position",
     )
     parser.add_argument("--agent-host", default=None, help="host runners use to reach this server")
-    parser.add_argument("--jit-expiry", type=float, default=3600.0, help="seconds an unused JIT lives")
-    parser.add_argument("--rate-limit", type=int, default=5000, help="hourly request budget per token")
     parser.add_argument(
-        "--secondary-limit", type=int, default=900, help="write points per token per minute (0: off)"
+        "--jit-expiry", type=float, default=3600.0, help="seconds an unused JIT lives"
     )
-    parser.add_argument("--busy-lag", type=float, default=0.0, help="seconds the REST busy flag lags")
+    parser.add_argument(
+        "--rate-limit", type=int, default=5000, help="hourly request budget per token"
+    )
+    parser.add_argument(
+        "--secondary-limit",
+        type=int,
+        default=900,
+        help="write points per token per minute (0: off)",
+    )
+    parser.add_argument(
+        "--busy-lag", type=float, default=0.0, help="seconds the REST busy flag lags"
+    )
     parser.add_argument("--offline-after", type=float, default=10.0, help="agent silence → offline")
     parser.add_argument("--runner-version", default=DEFAULT_RUNNER_VERSION)
     parser.add_argument("--log-level", default="INFO")
@@ -55,8 +71,10 @@ def _hooks(args: argparse.Namespace) -> list[dict[str, Any]]:
     hooks = []
     orgs = {o.lower() for o in args.org}
     for i, url in enumerate(args.hook_url):
-        secret = args.hook_secret[i] if i < len(args.hook_secret) else (
-            args.hook_secret[-1] if args.hook_secret else None
+        secret = (
+            args.hook_secret[i]
+            if i < len(args.hook_secret)
+            else (args.hook_secret[-1] if args.hook_secret else None)
         )
         for org in args.org:
             hooks.append({"url": url, "secret": secret, "org": org})

@@ -90,7 +90,9 @@ def register(app: Flask, emu: Emulator) -> None:
         group_id = DEFAULT_GROUP_ID
         group_name = data.get("runner_group")
         if group_name and kind == "org":
-            matches = [g for g in state.groups_of(reg.scope) if g.name.lower() == str(group_name).lower()]
+            matches = [
+                g for g in state.groups_of(reg.scope) if g.name.lower() == str(group_name).lower()
+            ]
             if not matches:
                 raise EmulatorError(404, f"runner group {group_name!r} not found")
             group_id = matches[0].id
@@ -160,7 +162,8 @@ def register(app: Flask, emu: Emulator) -> None:
             {
                 "runner_id": runner.id,
                 "poll_wait": emu.settings.poll_wait,
-                "heartbeat_interval": 2.0,
+                # Well inside offline_after, so a runner busy with a long step stays online.
+                "heartbeat_interval": max(0.2, min(1.0, emu.settings.offline_after / 4)),
             }
         )
 
@@ -216,7 +219,9 @@ def register(app: Flask, emu: Emulator) -> None:
         with state.lock:
             job = job_of(runner, job_id)
             if job.status == "completed":
-                return _json({"removed": runner.id not in state.runners, "conclusion": job.conclusion})
+                return _json(
+                    {"removed": runner.id not in state.runners, "conclusion": job.conclusion}
+                )
             removed = state.complete_job(runner, job, body().get("conclusion"))
             return _json({"removed": removed, "conclusion": job.conclusion})
 

@@ -22,18 +22,14 @@ from urllib.parse import urlencode
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from github_emulator import render
 from github_emulator.faults import FaultInjector
 from github_emulator.ratelimit import Budget, RateLimiter
 from github_emulator.runner_app import RunnerAppCatalog
 from github_emulator.settings import Seed, Settings
 from github_emulator.state import (
-    DEFAULT_GROUP_ID,
     EmulatorError,
     EmulatorState,
     Token,
-    not_found,
-    validation_failed,
 )
 from github_emulator.stats import Stats
 from github_emulator.webhooks import Dispatcher
@@ -217,7 +213,9 @@ class Emulator:
         return decorate
 
     # ------------------------------------------------------------------ the request pipeline
-    def _serve(self, operation_id: str, handler: Callable[..., Reply], kwargs: dict[str, Any]) -> Response:
+    def _serve(
+        self, operation_id: str, handler: Callable[..., Reply], kwargs: dict[str, Any]
+    ) -> Response:
         method = request.method
         token = self._authenticate()
         g.token = token
@@ -321,7 +319,9 @@ class Emulator:
             return _json_response({"message": "Gateway Timeout", "documentation_url": DOCS}, 504)
         if fault.status:
             budget = self.limiter.peek(key) if key else None
-            if fault.status in (403, 429) and (fault.retry_after is not None or fault.status == 429):
+            if fault.status in (403, 429) and (
+                fault.retry_after is not None or fault.status == 429
+            ):
                 err = self._secondary_error(fault.retry_after or 60, budget, fault.status)
                 return _json_response(err.body(), err.status, err.headers)
             message = {
@@ -333,7 +333,9 @@ class Emulator:
             headers = _rate_headers(budget) if budget else {}
             if fault.retry_after is not None:
                 headers["retry-after"] = str(fault.retry_after)
-            return _json_response({"message": message, "documentation_url": DOCS}, fault.status, headers)
+            return _json_response(
+                {"message": message, "documentation_url": DOCS}, fault.status, headers
+            )
         return None
 
     # ------------------------------------------------------------------ REST operations
@@ -377,4 +379,3 @@ def _rate_headers(budget: Budget) -> dict[str, str]:
         "x-ratelimit-reset": str(budget.reset),
         "x-ratelimit-resource": "core",
     }
-

@@ -153,7 +153,9 @@ def register(app: Flask, emu: Emulator) -> None:
             str(required(data, "name")),
             None if repos is None else _str_list(repos, "repos"),
         )
-        return _json({"id": group.id, "org": group.org, "name": group.name, "repos": group.repos}, 201)
+        return _json(
+            {"id": group.id, "org": group.org, "name": group.name, "repos": group.repos}, 201
+        )
 
     @app.get(f"{PREFIX}/hooks")
     def list_hooks() -> Response:
@@ -207,7 +209,9 @@ def register(app: Flask, emu: Emulator) -> None:
     @app.get(f"{PREFIX}/runners")
     def list_runners() -> Response:
         with state.lock:
-            return _json([runner_view(r) for r in sorted(state.runners.values(), key=lambda r: r.id)])
+            return _json(
+                [runner_view(r) for r in sorted(state.runners.values(), key=lambda r: r.id)]
+            )
 
     @app.post(f"{PREFIX}/runners")
     def add_runners() -> Response:
@@ -240,7 +244,7 @@ def register(app: Flask, emu: Emulator) -> None:
                     labels,
                     runner_group_id=int(data.get("runner_group_id", 1)),
                     ephemeral=bool(data.get("ephemeral", True)),
-                    jit=not online,
+                    jit=bool(data.get("jit", False)) and not online,
                     simulated=online,
                 )
                 created.append(runner.id)

@@ -13,7 +13,16 @@ import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from github_emulator.state import DEFAULT_GROUP_ID, Delivery, Hook, Job, Repo, Run, Runner, RunnerGroup
+from github_emulator.state import (
+    DEFAULT_GROUP_ID,
+    Delivery,
+    Hook,
+    Job,
+    Repo,
+    Run,
+    Runner,
+    RunnerGroup,
+)
 
 if TYPE_CHECKING:
     from github_emulator.state import EmulatorState
@@ -62,7 +71,9 @@ def owner_of(state: EmulatorState, base: str, repo: Repo) -> dict[str, Any]:
     org = state.orgs.get(repo.owner.lower())
     if org is not None:
         return user(base, org.login, org.id, "Organization")
-    return user(base, repo.owner, 10_000_000 + zlib.crc32(repo.owner.lower().encode()) % 1_000_000, "User")
+    return user(
+        base, repo.owner, 10_000_000 + zlib.crc32(repo.owner.lower().encode()) % 1_000_000, "User"
+    )
 
 
 def organization(base: str, login: str, ident: int) -> dict[str, Any]:
@@ -112,7 +123,9 @@ def organization_full(base: str, login: str, ident: int, created_at: float) -> d
     return out
 
 
-def repository(state: EmulatorState, base: str, repo: Repo, webhook: bool = False) -> dict[str, Any]:
+def repository(
+    state: EmulatorState, base: str, repo: Repo, webhook: bool = False
+) -> dict[str, Any]:
     """A repository: the REST "full"/"minimal" shape, or the webhook shape (``webhook=True``)."""
     full = repo.full_name
     u = f"{base}/repos/{full}"
@@ -199,7 +212,13 @@ def repository(state: EmulatorState, base: str, repo: Repo, webhook: bool = Fals
     if webhook:
         out["custom_properties"] = {}
     else:
-        out["permissions"] = {"admin": True, "maintain": True, "push": True, "triage": True, "pull": True}
+        out["permissions"] = {
+            "admin": True,
+            "maintain": True,
+            "push": True,
+            "triage": True,
+            "pull": True,
+        }
         out["allow_forking"] = False
     return out
 

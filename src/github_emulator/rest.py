@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 SCOPES: dict[str, tuple[str, str, str, str]] = {
     "repo": ("/repos/{owner}/{repo}", "actions/", "for-repo", "from-repo"),
     "org": ("/orgs/{org}", "actions/", "for-org", "from-org"),
-    "enterprise": ("/enterprises/{enterprise}", "enterprise-admin/", "for-enterprise", "from-enterprise"),
+    "enterprise": (
+        "/enterprises/{enterprise}",
+        "enterprise-admin/",
+        "for-enterprise",
+        "from-enterprise",
+    ),
 }
 
 
@@ -60,13 +65,16 @@ def register(app: Flask, emu: Emulator) -> None:
     def runner_list(runners: list[Runner]) -> Reply:
         now = time.time()
         chunk, headers = emu.paginate(runners)
-        body = {"total_count": len(runners), "runners": [render.runner(state, r, now) for r in chunk]}
+        body = {
+            "total_count": len(runners),
+            "runners": [render.runner(state, r, now) for r in chunk],
+        }
         return Reply(body, headers=headers)
 
     def label_names(body: dict[str, Any], allow_empty: bool) -> list[str]:
         labels = body.get("labels")
         if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
-            raise validation_failed("Invalid request.\n\n\"labels\" wasn't supplied.")
+            raise validation_failed('Invalid request.\n\n"labels" wasn\'t supplied.')
         if len(labels) > 100 or (not labels and not allow_empty):
             raise validation_failed("Validation Failed", ["labels must have 1 to 100 items"])
         return labels
@@ -74,8 +82,8 @@ def register(app: Flask, emu: Emulator) -> None:
     for kind, (prefix, ns, for_, from_) in SCOPES.items():
         base_path = prefix + "/actions/runners"
 
-        def add(method: str, suffix: str, op: str) -> Callable[..., Any]:
-            return emu.rest(app, method, base_path + suffix, op)
+        def add(method: str, suffix: str, op: str, _base: str = base_path) -> Callable[..., Any]:
+            return emu.rest(app, method, _base + suffix, op)
 
         @add("GET", "", f"{ns}list-self-hosted-runners-{for_}")
         def list_runners(_kind: str = kind, **kw: Any) -> Reply:
@@ -165,7 +173,9 @@ def register(app: Flask, emu: Emulator) -> None:
                 return labels_reply(runner)
 
         @add(
-            "DELETE", "/{runner_id}/labels", f"{ns}remove-all-custom-labels-from-self-hosted-runner-{for_}"
+            "DELETE",
+            "/{runner_id}/labels",
+            f"{ns}remove-all-custom-labels-from-self-hosted-runner-{for_}",
         )
         def remove_all_labels(runner_id: int, _kind: str = kind, **kw: Any) -> Reply:
             with state.lock:
@@ -174,7 +184,9 @@ def register(app: Flask, emu: Emulator) -> None:
                 return labels_reply(runner)
 
         @add(
-            "DELETE", "/{runner_id}/labels/{name}", f"{ns}remove-custom-label-from-self-hosted-runner-{for_}"
+            "DELETE",
+            "/{runner_id}/labels/{name}",
+            f"{ns}remove-custom-label-from-self-hosted-runner-{for_}",
         )
         def remove_label(runner_id: int, name: str, _kind: str = kind, **kw: Any) -> Reply:
             with state.lock:
@@ -183,7 +195,12 @@ def register(app: Flask, emu: Emulator) -> None:
                 return labels_reply(runner)
 
     # ------------------------------------------------------------------ runner groups
-    @emu.rest(app, "GET", "/orgs/{org}/actions/runner-groups", "actions/list-self-hosted-runner-groups-for-org")
+    @emu.rest(
+        app,
+        "GET",
+        "/orgs/{org}/actions/runner-groups",
+        "actions/list-self-hosted-runner-groups-for-org",
+    )
     def list_groups(org: str) -> Reply:
         with state.lock:
             login = state.org_for(token(), org).login
@@ -194,7 +211,10 @@ def register(app: Flask, emu: Emulator) -> None:
                 groups = [gr for gr in groups if gr.repos is None or full in gr.repos]
             chunk, headers = emu.paginate(groups)
             base = emu.base()
-            body = {"total_count": len(groups), "runner_groups": [render.runner_group(base, gr) for gr in chunk]}
+            body = {
+                "total_count": len(groups),
+                "runner_groups": [render.runner_group(base, gr) for gr in chunk],
+            }
             return Reply(body, headers=headers)
 
     @emu.rest(
@@ -221,11 +241,15 @@ def register(app: Flask, emu: Emulator) -> None:
             login = state.org_for(token(), org).login
             if state.group(login, runner_group_id) is None:
                 raise not_found()
-            runners = [r for r in state.runners_in("org", login) if r.runner_group_id == runner_group_id]
+            runners = [
+                r for r in state.runners_in("org", login) if r.runner_group_id == runner_group_id
+            ]
             return runner_list(runners)
 
     # ------------------------------------------------------------------ runs and jobs
-    @emu.rest(app, "GET", "/repos/{owner}/{repo}/actions/runs", "actions/list-workflow-runs-for-repo")
+    @emu.rest(
+        app, "GET", "/repos/{owner}/{repo}/actions/runs", "actions/list-workflow-runs-for-repo"
+    )
     def list_runs(owner: str, repo: str) -> Reply:
         with state.lock:
             repo_obj = state.repo_for(token(), owner, repo)
@@ -255,7 +279,10 @@ def register(app: Flask, emu: Emulator) -> None:
             return Reply(render.workflow_run(state, emu.base(), run, repo_obj))
 
     @emu.rest(
-        app, "POST", "/repos/{owner}/{repo}/actions/runs/{run_id}/cancel", "actions/cancel-workflow-run"
+        app,
+        "POST",
+        "/repos/{owner}/{repo}/actions/runs/{run_id}/cancel",
+        "actions/cancel-workflow-run",
     )
     def cancel_run(owner: str, repo: str, run_id: int) -> Reply:
         with state.lock:
@@ -270,7 +297,10 @@ def register(app: Flask, emu: Emulator) -> None:
         return Reply({}, 202)
 
     @emu.rest(
-        app, "GET", "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs", "actions/list-jobs-for-workflow-run"
+        app,
+        "GET",
+        "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
+        "actions/list-jobs-for-workflow-run",
     )
     def list_jobs(owner: str, repo: str, run_id: int) -> Reply:
         with state.lock:
@@ -282,10 +312,16 @@ def register(app: Flask, emu: Emulator) -> None:
             chunk, headers = emu.paginate(jobs)
             base = emu.base()
             return Reply(
-                {"total_count": len(jobs), "jobs": [render.job(base, j) for j in chunk]}, headers=headers
+                {"total_count": len(jobs), "jobs": [render.job(base, j) for j in chunk]},
+                headers=headers,
             )
 
-    @emu.rest(app, "GET", "/repos/{owner}/{repo}/actions/jobs/{job_id}", "actions/get-job-for-workflow-run")
+    @emu.rest(
+        app,
+        "GET",
+        "/repos/{owner}/{repo}/actions/jobs/{job_id}",
+        "actions/get-job-for-workflow-run",
+    )
     def get_job(owner: str, repo: str, job_id: int) -> Reply:
         with state.lock:
             repo_obj = state.repo_for(token(), owner, repo)
@@ -328,7 +364,9 @@ def register(app: Flask, emu: Emulator) -> None:
             found = state.orgs.get(org.lower())
             if found is None:
                 raise not_found()
-            return Reply(render.organization_full(emu.base(), found.login, found.id, found.created_at))
+            return Reply(
+                render.organization_full(emu.base(), found.login, found.id, found.created_at)
+            )
 
     @emu.rest(app, "GET", "/user", "users/get-authenticated")
     def get_user() -> Reply:
@@ -450,7 +488,11 @@ def register(app: Flask, emu: Emulator) -> None:
                     raise not_found()
                 return Reply(render.delivery_full(delivery))
 
-        @hadd("POST", "/{hook_id}/deliveries/{delivery_id}/attempts", f"{hns}redeliver-webhook-delivery")
+        @hadd(
+            "POST",
+            "/{hook_id}/deliveries/{delivery_id}/attempts",
+            f"{hns}redeliver-webhook-delivery",
+        )
         def redeliver(hook_id: int, delivery_id: int, _kind: str = hkind, **kw: Any) -> Reply:
             with state.lock:
                 hook = state.hook_in(_kind, hook_scope(_kind, kw), hook_id)
@@ -467,4 +509,3 @@ def register(app: Flask, emu: Emulator) -> None:
                 guid=original.guid,
             )
             return Reply({}, 202)
-

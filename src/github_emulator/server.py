@@ -49,7 +49,10 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         self.emulator.start_background()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="emulator-http", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="emulator-http",
+            daemon=True,
         )
         self._thread.start()
         logger.info("event=emulator_started url=%s listen=%s:%s", self.url, self.host, self.port)

@@ -331,6 +331,7 @@ class EmulatorState:
         self.groups: dict[tuple[str, int], RunnerGroup] = {}
         self.runners: dict[int, Runner] = {}
         self.jobs: dict[int, Job] = {}
+        self.queued: dict[int, Job] = {}  # index of jobs waiting for a runner
         self.runs: dict[int, Run] = {}
         self.hooks: dict[int, Hook] = {}
         self.deliveries: dict[int, Delivery] = {}
@@ -384,7 +385,11 @@ class EmulatorState:
             if key not in self.orgs:
                 self.orgs[key] = Org(login=login, id=self._next_id(), created_at=time.time())
                 self.groups[(key, DEFAULT_GROUP_ID)] = RunnerGroup(
-                    id=DEFAULT_GROUP_ID, org=login, name=DEFAULT_GROUP_NAME, repos=None, default=True
+                    id=DEFAULT_GROUP_ID,
+                    org=login,
+                    name=DEFAULT_GROUP_NAME,
+                    repos=None,
+                    default=True,
                 )
             return self.orgs[key]
 
@@ -393,7 +398,11 @@ class EmulatorState:
             key = f"{owner}/{name}".lower()
             if key not in self.repos:
                 self.repos[key] = Repo(
-                    owner=owner, name=name, id=self._next_id(), created_at=time.time(), private=private
+                    owner=owner,
+                    name=name,
+                    id=self._next_id(),
+                    created_at=time.time(),
+                    private=private,
                 )
             return self.repos[key]
 
@@ -431,7 +440,9 @@ class EmulatorState:
             token.enterprises |= _lower(enterprises)
             return token
 
-    def add_runner_group(self, org: str, name: str, repos: Iterable[str] | None = None) -> RunnerGroup:
+    def add_runner_group(
+        self, org: str, name: str, repos: Iterable[str] | None = None
+    ) -> RunnerGroup:
         with self.lock:
             org_obj = self.orgs.get(org.lower())
             if org_obj is None:
@@ -622,7 +633,8 @@ class EmulatorState:
                 (
                     r
                     for r in self.runners.values()
-                    if self.scope_key(r.scope_kind, r.scope) == key and (name is None or r.name == name)
+                    if self.scope_key(r.scope_kind, r.scope) == key
+                    and (name is None or r.name == name)
                 ),
                 key=lambda r: r.id,
             )
@@ -646,7 +658,9 @@ class EmulatorState:
 
     def _remove_runner(self, runner: Runner, reason: str) -> None:
         self.runners.pop(runner.id, None)
-        logger.info("event=runner_removed runner_id=%s name=%s reason=%s", runner.id, runner.name, reason)
+        logger.info(
+            "event=runner_removed runner_id=%s name=%s reason=%s", runner.id, runner.name, reason
+        )
         self.changed.notify_all()
 
     def is_online(self, runner: Runner, now: float | None = None) -> bool:
@@ -801,6 +815,8 @@ class EmulatorState:
             run.job_ids.append(job.id)
             self.runs[run.id] = run
             self.jobs[job.id] = job
+            if job.status == "queued":
+                self.queued[job.id] = job
             logger.info(
                 "event=job_queued job_id=%s repo=%s labels=%s status=%s",
                 job.id,
@@ -825,12 +841,15 @@ class EmulatorState:
         if isinstance(step, str):
             return Step(number=number, name=f"Run {step}"[:80], command=step)
         if isinstance(step, dict) and isinstance(step.get("command", step.get("run")), str):
-            command = step.get("command", step.get("run"))
+            command = str(step.get("command", step.get("run")))
+            timeout = step.get("timeout")
+            if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+                raise validation_failed("a step timeout is a positive number of seconds")
             return Step(
                 number=number,
                 name=str(step.get("name") or f"Run {command}"[:80]),
                 command=command,
-                timeout=step.get("timeout"),
+                timeout=None if timeout is None else float(timeout),
                 continue_on_error=bool(step.get("continue_on_error", False)),
             )
         raise validation_failed("each step is a command string or {name, command}")
@@ -846,6 +865,7 @@ class EmulatorState:
             if job.status != "waiting":
                 raise validation_failed(f"job {job.id} is {job.status}, not waiting")
             job.status = "queued"
+            self.queued[job.id] = job
             self._emit(job, "queued")
             self.changed.notify_all()
 
@@ -892,7 +912,8 @@ class EmulatorState:
             return None
         if runner.ephemeral and runner.jobs_done > 0:
             return None
-        for job in sorted(self.jobs.values(), key=lambda j: j.id):
+        for job_id in sorted(self.queued):
+            job = self.queued[job_id]
             if self.matches(runner, job):
                 self._start(job, runner)
                 return job
@@ -901,11 +922,14 @@ class EmulatorState:
     def _start(self, job: Job, runner: Runner) -> None:
         now = time.time()
         job.status = "in_progress"
+        self.queued.pop(job.id, None)
         job.started_at = now
         job.runner_id = runner.id
         job.runner_name = runner.name
         job.runner_group_id = runner.runner_group_id
-        group = self.group(runner.scope, runner.runner_group_id) if runner.scope_kind == "org" else None
+        group = (
+            self.group(runner.scope, runner.runner_group_id) if runner.scope_kind == "org" else None
+        )
         job.runner_group_name = group.name if group else DEFAULT_GROUP_NAME
         runner.job_id = job.id
         if runner.simulated:
@@ -925,7 +949,13 @@ class EmulatorState:
             step.started_at = time.time()
 
     def step_finished(
-        self, runner: Runner, job: Job, number: int, exit_code: int, output: str, conclusion: str | None
+        self,
+        runner: Runner,
+        job: Job,
+        number: int,
+        exit_code: int,
+        output: str,
+        conclusion: str | None,
     ) -> None:
         with self.lock:
             step = self._step(runner, job, number)
@@ -965,6 +995,7 @@ class EmulatorState:
     def _finish(self, job: Job, conclusion: str) -> None:
         now = time.time()
         job.status = "completed"
+        self.queued.pop(job.id, None)
         job.conclusion = conclusion
         job.completed_at = now
         if job.started_at is None:
@@ -1052,21 +1083,20 @@ class EmulatorState:
         now = time.time() if now is None else now
         with self.lock:
             for runner in list(self.runners.values()):
-                if runner.jit and runner.connected_at is None and not runner.simulated:
-                    if now - runner.created_at > self.settings.jit_expiry:
-                        self._remove_runner(runner, reason="unused JIT registration expired")
-                        continue
+                unused = runner.jit and runner.connected_at is None and not runner.simulated
+                if unused and now - runner.created_at > self.settings.jit_expiry:
+                    self._remove_runner(runner, reason="unused JIT registration expired")
+                    continue
                 if runner.job_id is not None and not self.is_online(runner, now):
                     job = self.jobs.get(runner.job_id)
                     if job is not None and job.status == "in_progress":
-                        logger.info(
-                            "event=runner_lost runner_id=%s job_id=%s", runner.id, job.id
-                        )
+                        logger.info("event=runner_lost runner_id=%s job_id=%s", runner.id, job.id)
                         self._finish(job, "failure")
                         continue
                 if runner.simulated:
                     if runner.job_id is None:
-                        self.take_job(runner)
+                        if self.queued:
+                            self.take_job(runner)
                     elif runner.sim_complete_at is not None and now >= runner.sim_complete_at:
                         job = self.jobs[runner.job_id]
                         for step in job.steps:
@@ -1084,9 +1114,9 @@ class EmulatorState:
         for hook in self.hooks.values():
             if not hook.active or (event not in hook.events and "*" not in hook.events):
                 continue
-            if hook.scope_kind == "repo" and hook.scope.lower() == repo.full_name.lower():
-                out.append(hook)
-            elif hook.scope_kind == "org" and hook.scope.lower() == repo.owner.lower():
+            if (hook.scope_kind == "repo" and hook.scope.lower() == repo.full_name.lower()) or (
+                hook.scope_kind == "org" and hook.scope.lower() == repo.owner.lower()
+            ):
                 out.append(hook)
         return out
 

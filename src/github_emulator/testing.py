@@ -73,7 +73,12 @@ class Control:
         enterprises: Iterable[str] = (),
     ) -> dict[str, Any]:
         """Grant ``token`` access; returns ``{"key", "index"}`` (the key names it in stats)."""
-        body = {"token": token, "orgs": list(orgs), "repos": list(repos), "enterprises": list(enterprises)}
+        body = {
+            "token": token,
+            "orgs": list(orgs),
+            "repos": list(repos),
+            "enterprises": list(enterprises),
+        }
         return dict(self._call("POST", "tokens", body))
 
     def add_runner_group(self, org: str, name: str, repos: Iterable[str] | None = None) -> int:
@@ -104,8 +109,12 @@ class Control:
         name_prefix: str = "sim",
         runner_group_id: int = 1,
         ephemeral: bool = True,
+        jit: bool = False,
     ) -> list[int]:
-        """Bulk runners without processes; ``online=True`` makes simulated ones that run jobs."""
+        """Bulk runners without processes; ``online=True`` makes simulated ones that run jobs.
+
+        Offline ones stay registered-but-offline, or expire like unused JIT runners with ``jit``.
+        """
         body = {
             "count": count,
             "org": org,
@@ -116,6 +125,7 @@ class Control:
             "name_prefix": name_prefix,
             "runner_group_id": runner_group_id,
             "ephemeral": ephemeral,
+            "jit": jit,
         }
         return [int(i) for i in self._call("POST", "runners", body)["ids"]]
 
@@ -132,7 +142,12 @@ class Control:
         **extra: Any,
     ) -> int:
         """Queue a workflow job; steps are shell commands or ``{"name", "command"}`` dicts."""
-        body = {"repo": repo, "labels": list(labels), "steps": list(steps), "runner_group": runner_group}
+        body = {
+            "repo": repo,
+            "labels": list(labels),
+            "steps": list(steps),
+            "runner_group": runner_group,
+        }
         body.update(extra)
         return int(self._call("POST", "jobs", body)["id"])
 
@@ -148,7 +163,9 @@ class Control:
     def cancel_job(self, job_id: int) -> dict[str, Any]:
         return dict(self._call("POST", f"jobs/{job_id}/cancel"))
 
-    def wait_job(self, job_id: int, status: str = "completed", timeout: float = 30.0) -> dict[str, Any]:
+    def wait_job(
+        self, job_id: int, status: str = "completed", timeout: float = 30.0
+    ) -> dict[str, Any]:
         """Poll until the job reaches ``status`` (raises TimeoutError with the last state)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -189,7 +206,9 @@ class Control:
             return dict(self._call("POST", "settings", values))
         return dict(self._call("GET", "settings"))
 
-    def set_runner_app(self, version: str | None = None, tamper_checksum: bool = False) -> dict[str, Any]:
+    def set_runner_app(
+        self, version: str | None = None, tamper_checksum: bool = False
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"tamper_checksum": tamper_checksum}
         if version:
             body["version"] = version
@@ -271,7 +290,17 @@ def spawn_emulator_process(
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "github_emulator", "--host", host, "--port", "0", "--print-url", *args],
+        [
+            sys.executable,
+            "-m",
+            "github_emulator",
+            "--host",
+            host,
+            "--port",
+            "0",
+            "--print-url",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,

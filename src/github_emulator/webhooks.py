@@ -126,7 +126,10 @@ class Dispatcher:
         delivery.delivered_at = time.time()
         try:
             response = session.post(
-                hook.url, data=delivery.body, headers=headers, timeout=self.state.settings.hook_timeout
+                hook.url,
+                data=delivery.body,
+                headers=headers,
+                timeout=self.state.settings.hook_timeout,
             )
         except requests.Timeout:
             delivery.status, delivery.status_code = "timed out", 0
@@ -134,8 +137,10 @@ class Dispatcher:
             delivery.status, delivery.status_code = f"failed to connect: {type(exc).__name__}", 0
         else:
             delivery.status_code = response.status_code
-            delivery.status = "OK" if 200 <= response.status_code < 300 else (
-                f"Invalid HTTP Response: {response.status_code}"
+            delivery.status = (
+                "OK"
+                if 200 <= response.status_code < 300
+                else (f"Invalid HTTP Response: {response.status_code}")
             )
             delivery.response_headers = dict(response.headers)
             delivery.response_body = response.text[:MAX_RECORDED_RESPONSE]

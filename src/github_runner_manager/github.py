@@ -156,6 +156,33 @@ class QueuedJob:
 
 
 @dataclass(frozen=True)
+class WebHook:
+    """A webhook of an organisation or repository (no secret: GitHub never returns it)."""
+
+    id: int
+    url: str
+    events: tuple[str, ...]
+    active: bool
+
+
+@dataclass(frozen=True)
+class HookDelivery:
+    """One delivery attempt of a webhook; ``ok`` when the receiver answered 2xx."""
+
+    id: int
+    guid: str
+    delivered_at: float
+    status_code: int
+    event: str
+    action: str | None
+    redelivery: bool
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True)
 class RateLimitInfo:
     """The ``x-ratelimit-*`` headers of one response (``None`` where absent or unreadable)."""
 
@@ -402,6 +429,15 @@ class GitHubClient:
         )
         return [self._runner(item, path, f"{path.api_prefix}/actions/runners") for item in items]
 
+    def _runner_named(self, path: GitHubPath, name: str) -> GitHubRunner | None:
+        """The runner called ``name`` at ``path`` (GitHub's ``name`` filter of the runner listing)."""
+        url = f"{path.api_prefix}/actions/runners"
+        items = self._paginate(
+            url, "runners", operation="generate_jit_config", params={"name": name}
+        )
+        runners = [self._runner(item, path, url) for item in items]
+        return next((r for r in runners if r.name == name), None)
+
     def get_runner(self, path: GitHubPath, runner_id: int) -> GitHubRunner | None:
         """One runner by id, or ``None`` when GitHub no longer knows it (404)."""
         url = f"{path.api_prefix}/actions/runners/{int(runner_id)}"
@@ -451,7 +487,7 @@ class GitHubClient:
         except GitHubError as exc:
             if exc.status != 409:
                 raise
-            existing = next((r for r in self.list_runners(path) if r.name == name), None)
+            existing = self._runner_named(path, name)
             if existing is None or existing.busy or existing.status == "online":
                 raise GitHubError(
                     f"POST {url}: a runner named {name!r} already exists at {path}"
@@ -591,6 +627,72 @@ class GitHubClient:
                         found[queued.id] = queued
         return sorted(found.values(), key=lambda job: (job.created_at, job.id))
 
+    def list_hooks(self, path: GitHubPath) -> list[WebHook]:
+        """The webhooks of an organisation or repository (to find ours by its URL)."""
+        url = f"{self._hooks_prefix(path)}/hooks"
+        hooks = []
+        for item in self._paginate(url, None, operation="hook_deliveries"):
+            try:
+                config = item.get("config") or {}
+                hooks.append(
+                    WebHook(
+                        id=int(item["id"]),
+                        url=str(config.get("url") or ""),
+                        events=tuple(str(e) for e in item.get("events") or ()),
+                        active=bool(item.get("active", True)),
+                    )
+                )
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise GitHubError(f"GET {url}: unexpected response shape (hook needs id)") from None
+        return hooks
+
+    def hook_deliveries(
+        self, path: GitHubPath, hook_id: int, *, since: float | None = None
+    ) -> list[HookDelivery]:
+        """Deliveries of a webhook, newest first, back to ``since`` (epoch seconds) when given.
+
+        GitHub keeps deliveries for a few days and does not redeliver failed ones by itself; the manager
+        compares these with what it received and asks :meth:`redeliver` for the failed ones.
+        """
+        url = f"{self._hooks_prefix(path)}/hooks/{int(hook_id)}/deliveries"
+        out = []
+        for item in self._paginate(url, None, operation="hook_deliveries"):
+            try:
+                delivery = HookDelivery(
+                    id=int(item["id"]),
+                    guid=str(item["guid"]),
+                    delivered_at=parse_timestamp(item.get("delivered_at")) or 0.0,
+                    status_code=int(item.get("status_code") or 0),
+                    event=str(item.get("event") or ""),
+                    action=item.get("action") or None,
+                    redelivery=bool(item.get("redelivery", False)),
+                )
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise GitHubError(
+                    f"GET {url}: unexpected response shape (delivery needs id and guid)"
+                ) from None
+            if since is not None and delivery.delivered_at and delivery.delivered_at < since:
+                break
+            out.append(delivery)
+        return out
+
+    def redeliver(self, path: GitHubPath, hook_id: int, delivery_id: int) -> bool:
+        """Ask GitHub to deliver a webhook delivery again; ``False`` when it no longer exists (404).
+
+        Retried on 5xx: a redelivery carries the original delivery GUID, which the webhook intake
+        deduplicates, so a duplicate attempt is harmless.
+        """
+        url = f"{self._hooks_prefix(path)}/hooks/{int(hook_id)}/deliveries/{int(delivery_id)}/attempts"
+        reply = self._request(
+            "POST", url, operation="redeliver", expected=(202, 200, 201), missing_ok=True
+        )
+        if reply.status == 404:
+            return False
+        logger.info(
+            "webhook delivery %s of hook %s at %s redelivery requested", delivery_id, hook_id, path
+        )
+        return True
+
     def stats(self) -> dict[str, Any]:
         """Requests, rate-limit units and 304s (total and per operation) and the last budget seen.
 
@@ -635,6 +737,14 @@ class GitHubClient:
         self._session.close()
 
     # ------------------------------------------------------------------------------ internals
+    @staticmethod
+    def _hooks_prefix(path: GitHubPath) -> str:
+        if path.kind == "enterprise":
+            raise GitHubError(
+                f"{path}: enterprises have no webhook deliveries API; use an org or a repository"
+            )
+        return path.api_prefix
+
     def _token(self, path: GitHubPath, kind: str, operation: str) -> str:
         url = f"{path.api_prefix}/actions/runners/{kind}"
         reply = self._request("POST", url, operation=operation, expected=(201, 200))
@@ -795,7 +905,9 @@ class GitHubClient:
                 )
             except requests.Timeout:
                 self._count(operation, sent=True)
-                raise _TransientError(f"{what}: no answer within {self.timeout:g}s (timeout)") from None
+                raise _TransientError(
+                    f"{what}: no answer within {self.timeout:g}s (timeout)"
+                ) from None
             except requests.RequestException as exc:
                 self._count(operation, sent=True)
                 raise _TransientError(

@@ -42,6 +42,8 @@ CRON_PATH = Path("/etc/cron.d/github-runner-image")
 CRON_LOG = Path("/var/log/github-runner-image/cron.log")
 CRON_TEMPLATE = "cron-image-build.j2"
 SCRIPT_NAME = "build-runner-image.sh"
+#: Seconds a timed-out build gets to clean up after SIGTERM before SIGKILL.
+TERM_GRACE = 15.0
 
 #: The script's exit codes (see its --help) and what they mean to an operator.
 EXIT_CODES: dict[int, str] = {
@@ -249,9 +251,15 @@ def build_runner_image(
 
     def kill_on_timeout() -> None:
         timed_out.set()
-        logger.error("image build timed out after %.0fs; killing it", options.timeout)
+        logger.error("image build timed out after %.0fs; stopping it", options.timeout)
+        # TERM first so the script removes a half-imported image and its mounts; KILL if it lingers.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=TERM_GRACE)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     timer = threading.Timer(options.timeout, kill_on_timeout)
     timer.daemon = True
@@ -279,7 +287,8 @@ def build_runner_image(
     finally:
         timer.cancel()
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     elapsed = time.monotonic() - started
     output = "\n".join(tail)

@@ -51,7 +51,19 @@ BACKEND_BUCKETS: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 #: Reconcile duration buckets.
-RECONCILE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+RECONCILE_BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
 
 #: Reasons a webhook delivery is rejected (label values of ``ghrm_webhook_rejected_total``).
 WEBHOOK_REJECT_REASONS: tuple[str, ...] = (
@@ -154,7 +166,9 @@ class Metrics:
         self.reconciles = Counter(
             "ghrm_reconcile", "Reconcile passes by result (ok, error).", ["result"], registry=reg,
         )  # fmt: skip
-        for reason in WEBHOOK_REJECT_REASONS:  # export zeros so alerts on rate() work from the start
+        for (
+            reason
+        ) in WEBHOOK_REJECT_REASONS:  # export zeros so alerts on rate() work from the start
             self.webhook_rejected.labels(reason=reason)
         self._lock = threading.Lock()
         self._runner_series: set[tuple[str, str]] = set()
@@ -200,8 +214,12 @@ class Metrics:
         is cheap and never double-counts; a client restart (numbers going down) starts afresh.
         """
         with self._lock:
-            self._github_delta("rate_limit_units", stats.get("rate_limit_units"), self.github_rate_limit_units.inc)
-            self._github_delta("not_modified", stats.get("not_modified"), self.github_not_modified.inc)
+            self._github_delta(
+                "rate_limit_units", stats.get("rate_limit_units"), self.github_rate_limit_units.inc
+            )
+            self._github_delta(
+                "not_modified", stats.get("not_modified"), self.github_not_modified.inc
+            )
             by_operation = stats.get("by_operation")
             if isinstance(by_operation, Mapping):
                 for operation, value in by_operation.items():

@@ -23,6 +23,7 @@ Key layout (``p`` = ``key_prefix``): ``p:runner:{name}`` (hash), ``p:runners`` (
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -31,7 +32,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 import redis
@@ -39,6 +40,9 @@ import redis.lock
 from redis.sentinel import Sentinel
 
 from github_runner_manager.planner import RunnerState
+
+if TYPE_CHECKING:
+    from github_runner_manager.config import RedisConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,16 @@ _TLS_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "
 _SENTINEL_PARAMS = ("sentinel_username", "sentinel_password")
 _SECRET_QUERY = re.compile(r"((?:^|[?&])[^=&]*password=)[^&#]*", re.IGNORECASE)
 #: Field names refused in runner records: Redis must never hold a secret.
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "jit", "credential", "private", "encoded")
+_SECRET_WORDS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "jit",
+    "credential",
+    "private_key",
+    "encoded",
+)
 #: Fields that identify a record and its index entries; only reserve/transition set them.
 _IDENTITY_FIELDS = frozenset({"name", "group", "owner", "state"})
 _RECORD_FIELDS = (
@@ -195,7 +208,9 @@ def parse_redis_url(url: str) -> RedisTarget:
     scheme, sep, rest = url.strip().partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in _SCHEMES:
-        raise ValueError(f"{shown}: expected redis://, rediss://, redis+sentinel:// or rediss+sentinel://")
+        raise ValueError(
+            f"{shown}: expected redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
+        )
     rest, _, query = rest.partition("?")
     rest = rest.partition("#")[0]
     userinfo, at, hostpart = rest.rpartition("@")
@@ -215,7 +230,9 @@ def parse_redis_url(url: str) -> RedisTarget:
     default_port = DEFAULT_SENTINEL_PORT if sentinel else DEFAULT_PORT
     if not netloc:
         raise ValueError(f"{shown}: missing host")
-    hosts = tuple(_parse_host(part, default_port, shown) for part in netloc.split(",") if part.strip())
+    hosts = tuple(
+        _parse_host(part, default_port, shown) for part in netloc.split(",") if part.strip()
+    )
     if not hosts:
         raise ValueError(f"{shown}: missing host")
     master_name: str | None = None
@@ -321,7 +338,9 @@ def _state(value: str | None, name: str) -> RunnerState:
     try:
         return RunnerState(value)
     except ValueError:
-        logger.warning("runner %s has unknown state %r in Redis; treating it as failed", name, value)
+        logger.warning(
+            "runner %s has unknown state %r in Redis; treating it as failed", name, value
+        )
         return RunnerState.FAILED
 
 
@@ -500,12 +519,12 @@ class Store:
         self._release = self.client.register_script(_RELEASE_LUA)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Store:
-        """Build from a ``RedisConfig`` (``url``, ``key_prefix``; ``url`` may be a ``SecretStr``)."""
-        url = cfg.url
-        if hasattr(url, "get_secret_value"):
+    def from_config(cls, cfg: RedisConfig) -> Store:
+        """Build from the config's ``redis`` section (``url``, ``key_prefix``)."""
+        url: Any = cfg.url
+        if hasattr(url, "get_secret_value"):  # tolerate a SecretStr url
             url = url.get_secret_value()
-        return cls(str(url), getattr(cfg, "key_prefix", "ghrm"))
+        return cls(str(url), cfg.key_prefix)
 
     def _connect(self, timeout: float) -> redis.Redis:
         target = self.target
@@ -534,7 +553,7 @@ class Store:
             sentinel_kwargs["username"] = target.sentinel_username
         manager = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, **common)
         return manager.master_for(
-            target.master_name, db=target.db, username=target.username,
+            target.master_name or "", db=target.db, username=target.username,
             password=target.password, decode_responses=True,
         )  # fmt: skip
 
@@ -546,14 +565,14 @@ class Store:
             for secret in (self.target.password, self.target.sentinel_password):
                 if secret:
                     message = message.replace(secret, "****")
-            raise StoreUnavailable(f"Redis at {self.where} unavailable during {what}: {message}") from exc
+            raise StoreUnavailable(
+                f"Redis at {self.where} unavailable during {what}: {message}"
+            ) from exc
 
     def close(self) -> None:
         """Close the pooled connections."""
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client.close()
-        except redis.RedisError:  # pragma: no cover - closing never matters
-            pass
 
     def ping(self) -> bool:
         """True when Redis answers; False when it does not (the one call that does not raise)."""
@@ -604,7 +623,11 @@ class Store:
         """
         if not names:
             return []
-        for cap_name, cap in (("group_cap", group_cap), ("total_cap", total_cap), ("owner_cap", owner_cap)):
+        for cap_name, cap in (
+            ("group_cap", group_cap),
+            ("total_cap", total_cap),
+            ("owner_cap", owner_cap),
+        ):
             if cap < 0:
                 raise ValueError(f"{cap_name} must be >= 0 (0 = no cap), got {cap}")
         keys = [self._all_key, self._group_key(group), self._owner_key(owner)]
@@ -646,8 +669,13 @@ class Store:
         now = time.time()
         if to_state == RunnerState.BUSY and "busy_since" not in encoded:
             encoded["busy_since"] = repr(now)
-        froms = [RunnerState(s).value for s in from_states]
-        args: list[str | int] = [RunnerState(to_state).value, repr(now), len(froms), *froms]
+        from_values = [RunnerState(s).value for s in from_states]
+        args: list[str | int] = [
+            RunnerState(to_state).value,
+            repr(now),
+            len(from_values),
+            *from_values,
+        ]
         for key, value in encoded.items():
             args += [key, value]
         changed = self._call(
@@ -656,7 +684,7 @@ class Store:
         if changed:
             logger.info("runner %s -> %s", name, RunnerState(to_state).value)
         else:
-            logger.debug("runner %s not moved to %s (state not in %s)", name, to_state, froms)
+            logger.debug("runner %s not moved to %s (state not in %s)", name, to_state, from_values)
         return bool(changed)
 
     def update(self, name: str, **fields: object) -> None:
@@ -773,7 +801,9 @@ class Store:
                         key, type(exc).__name__, ttl,
                     )  # fmt: skip
 
-    def lock(self, name: str, timeout: float, *, blocking_timeout: float | None = None) -> redis.lock.Lock:
+    def lock(
+        self, name: str, timeout: float, *, blocking_timeout: float | None = None
+    ) -> redis.lock.Lock:
         """A redis-py Lock ``{prefix}:lock:{name}`` that expires after ``timeout`` seconds.
 
         Connection failures in its methods raise :class:`StoreUnavailable`; ``LockError`` (e.g.
@@ -802,7 +832,8 @@ class Store:
     def pickup_percentiles(self, group: str) -> dict[str, float | int | None]:
         """``{"count", "p50", "p95", "max"}`` over the kept samples (nearest rank); None without samples."""
         raw = self._call(
-            "pickup percentiles", lambda: self.client.lrange(f"{self.key_prefix}:pickup:{group}", 0, -1)
+            "pickup percentiles",
+            lambda: self.client.lrange(f"{self.key_prefix}:pickup:{group}", 0, -1),
         )
         samples = sorted(v for v in (_float(x) for x in raw) if v is not None)
         if not samples:

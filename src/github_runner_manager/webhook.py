@@ -145,7 +145,11 @@ class WebhookApp:
             body = request.get_data(cache=True)
         except RequestEntityTooLarge:
             return self._reject(
-                413, "too_large", f"body larger than {self.max_body} bytes", shown_event, shown_delivery
+                413,
+                "too_large",
+                f"body larger than {self.max_body} bytes",
+                shown_event,
+                shown_delivery,
             )
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
@@ -153,9 +157,13 @@ class WebhookApp:
                 401, "missing_signature", f"missing {SIGNATURE_HEADER}", shown_event, shown_delivery
             )
         if not verify_signature(self._secret, body, signature):
-            return self._reject(401, "bad_signature", "signature mismatch", shown_event, shown_delivery)
+            return self._reject(
+                401, "bad_signature", "signature mismatch", shown_event, shown_delivery
+            )
         if not event:
-            return self._reject(400, "missing_header", f"missing {EVENT_HEADER}", "-", shown_delivery)
+            return self._reject(
+                400, "missing_header", f"missing {EVENT_HEADER}", "-", shown_delivery
+            )
         if event == "ping":
             logger.info("webhook ping delivery=%s answered", shown_delivery)
             self._count(event, "pong")
@@ -178,7 +186,12 @@ class WebhookApp:
             enqueued = self._queue.enqueue(job_event)
         except StoreUnavailable as exc:
             return self._reject(
-                503, "unavailable", "queue unavailable, redeliver later", event, delivery, detail=str(exc)
+                503,
+                "unavailable",
+                "queue unavailable, redeliver later",
+                event,
+                delivery,
+                detail=str(exc),
             )
         result = "enqueued" if enqueued else "duplicate"
         logger.info(
@@ -230,7 +243,9 @@ def create_app(
     max_body: int = MAX_BODY,
 ) -> WebhookApp:
     """The webhook WSGI app (see :class:`WebhookApp`)."""
-    return WebhookApp(queue, secret, path=path, on_event=on_event, metrics=metrics, max_body=max_body)
+    return WebhookApp(
+        queue, secret, path=path, on_event=on_event, metrics=metrics, max_body=max_body
+    )
 
 
 class WebhookServer:
@@ -264,8 +279,11 @@ class WebhookServer:
             return
         self._server = make_server(self.host, self.port, self.app, threaded=True)
         self.port = int(self._server.server_port)
+        server = self._server
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"webhook-{self.port}", daemon=True
+            target=lambda: server.serve_forever(poll_interval=0.1),
+            name=f"webhook-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         logger.info("webhook server listening on %s", self.url)

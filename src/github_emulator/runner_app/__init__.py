@@ -94,7 +94,9 @@ class RunnerAppCatalog:
     def sha256(self, os_name: str, arch: str, version: str) -> str:
         return hashlib.sha256(self.archive(os_name, arch, version)).hexdigest()
 
-    def listing(self, base_url: str, version: str, tamper_checksum: bool = False) -> list[dict[str, Any]]:
+    def listing(
+        self, base_url: str, version: str, tamper_checksum: bool = False
+    ) -> list[dict[str, Any]]:
         """The ``…/actions/runners/downloads`` body: one entry per os/arch, pointing back here."""
         out = []
         for os_name, arch in PLATFORMS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -57,7 +58,7 @@ def log(message: str, **fields: Any) -> None:
     print(f"{stamp}: {message}" + (f" [{extra}]" if extra else ""), flush=True)
 
 
-class Shutdown(Exception):
+class ShutdownError(Exception):
     """Raised from the signal handler to leave blocking calls promptly."""
 
 
@@ -203,6 +204,7 @@ class Runner:
         self.current: subprocess.Popen[bytes] | None = None
         self.job_id: int | None = None
         self.poll_wait = 5.0
+        self.heartbeat_interval = HEARTBEAT_INTERVAL
         self._stop_beat = threading.Event()
 
     def path(self, suffix: str) -> str:
@@ -222,6 +224,7 @@ class Runner:
             tries=60,
         )
         self.poll_wait = float((info or {}).get("poll_wait", 5))
+        self.heartbeat_interval = float((info or {}).get("heartbeat_interval", HEARTBEAT_INTERVAL))
         log("Connected to GitHub", runner=self.name, runner_id=self.id)
         log(f"Current runner version: '{runner_version()}'")
 
@@ -292,11 +295,16 @@ class Runner:
                     break
         finally:
             stop_beat.set()
-        conclusion = "cancelled" if cancelled or self.cancel.is_set() else (
-            "failure" if failed else "success"
+        conclusion = (
+            "cancelled"
+            if cancelled or self.cancel.is_set()
+            else ("failure" if failed else "success")
         )
         _, reply = call_with_retry(
-            self.client, "POST", self.path(f"/jobs/{self.job_id}/complete"), {"conclusion": conclusion}
+            self.client,
+            "POST",
+            self.path(f"/jobs/{self.job_id}/complete"),
+            {"conclusion": conclusion},
         )
         result = {"success": "Succeeded", "failure": "Failed", "cancelled": "Canceled"}[conclusion]
         log(f"Job {job['name']} completed with result: {result}", job_id=self.job_id)
@@ -333,8 +341,8 @@ class Runner:
         env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
         outcome = "success"
         with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(  # noqa: S603
-                ["sh", "-c", step["command"]],  # noqa: S607
+            proc = subprocess.Popen(
+                ["sh", "-c", step["command"]],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -344,6 +352,7 @@ class Runner:
             )
             self.current = proc
             deadline = time.monotonic() + timeout
+            exit_code = -1
             try:
                 while True:
                     try:
@@ -391,7 +400,7 @@ class Runner:
             proc.kill()
 
     def heartbeat(self) -> None:
-        while not self._stop_beat.wait(HEARTBEAT_INTERVAL):
+        while not self._stop_beat.wait(self.heartbeat_interval):
             job_id = self.job_id
             if job_id is None:
                 return
@@ -408,16 +417,15 @@ class Runner:
         if proc is not None and proc.poll() is None:
             self.kill(proc)
         if self.job_id is not None:
-            try:
+            with contextlib.suppress(AgentError, OSError, ValueError):
                 self.client.call(
-                    "POST", self.path(f"/jobs/{self.job_id}/complete"), {"conclusion": "cancelled"}, 5
+                    "POST",
+                    self.path(f"/jobs/{self.job_id}/complete"),
+                    {"conclusion": "cancelled"},
+                    5,
                 )
-            except (AgentError, OSError, ValueError):
-                pass
-        try:
+        with contextlib.suppress(AgentError, OSError, ValueError):
             self.client.call("POST", self.path("/disconnect"), {}, 5)
-        except (AgentError, OSError, ValueError):
-            pass
 
 
 def load_config(jitconfig: str | None) -> dict[str, Any]:
@@ -443,13 +451,13 @@ def run(argv: list[str]) -> int:
         runner.ephemeral = True
 
     def on_signal(signum: int, _frame: Any) -> None:
-        raise Shutdown(signal.Signals(signum).name)
+        raise ShutdownError(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
         return runner.serve()
-    except Shutdown as exc:
+    except ShutdownError as exc:
         log("Runner received a shutdown signal", signal=str(exc))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

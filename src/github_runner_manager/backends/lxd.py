@@ -30,6 +30,7 @@ import pylxd
 import requests
 from pydantic import field_validator, model_validator
 from pylxd import exceptions as lxd_exceptions
+from pylxd.client import LXDSSLAdapter
 
 from github_runner_manager.backends.base import (
     AuthError,
@@ -135,6 +136,21 @@ class LXDSettings(BackendSettings):
         return self
 
 
+class _PinnedVerifySession(requests.Session):
+    """A session whose ``verify`` setting wins over REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE.
+
+    requests lets those variables override ``Session.verify`` (psf/requests#3829), which would
+    silently replace a pinned LXD server certificate, or ``verify: false``, with the system CAs.
+    """
+
+    def merge_environment_settings(  # type: ignore[override]
+        self, url: str, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settings["verify"] = self.verify
+        return settings
+
+
 def _tag_to_key(tag: str) -> str:
     if tag.startswith("ghrm-"):
         return f"user.{tag}"
@@ -205,17 +221,28 @@ class LXDBackend(Backend):
         settings = self.lxd_settings
         cert = (str(settings.cert), str(settings.key)) if settings.cert and settings.key else None
         where = settings.url or "the local unix socket"
+        endpoint = self._endpoint()
+        session = None
+        if endpoint and endpoint.startswith("https://"):
+            session = _PinnedVerifySession()
+            session.cert = cert
+            session.verify = settings.verify
+            if isinstance(settings.verify, str):
+                session.mount(endpoint, LXDSSLAdapter())
         try:
             return pylxd.Client(
-                endpoint=self._endpoint(),
+                endpoint=endpoint,
                 cert=cert,
                 verify=settings.verify,
                 timeout=settings.timeout,
                 project=settings.project,
+                session=session,
             )
         except requests.exceptions.SSLError as exc:
-            raise AuthError(f"LXD at {where} rejected the TLS handshake: {exc}") from None
+            raise AuthError(f"LXD at {where} failed the TLS handshake: {exc}") from None
         except lxd_exceptions.ClientConnectionFailed as exc:
+            if re.search(r"ssl|certificate", str(exc), re.IGNORECASE):
+                raise AuthError(f"LXD at {where} failed the TLS handshake: {exc}") from None
             raise BackendError(
                 f"cannot reach LXD at {where}: {exc or 'connection failed'} "
                 "(local: run scripts/start-lxd.sh)"

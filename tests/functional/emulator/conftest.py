@@ -15,9 +15,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from emulator_testlib import ENTERPRISE, ORG, REPO, TOKEN, HookReceiver, spec_dir_or_none  # noqa: E402
+from emulator_testlib import ENTERPRISE, ORG, REPO, TOKEN, HookReceiver, spec_dir_or_none
 
-from github_emulator.testing import RunningEmulator, start_emulator  # noqa: E402
+from github_emulator.testing import RunningEmulator, start_emulator
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ def spec_dir_or_none() -> Path | None:
     return None
 
 
-
 def oas30_to_jsonschema(s: Any) -> Any:
     """OpenAPI 3.0 schema → JSON Schema (copied from shared/github-api/validate.py)."""
     if isinstance(s, list):
@@ -59,9 +58,11 @@ def oas30_to_jsonschema(s: Any) -> Any:
 
 
 def schema_errors(schema: dict[str, Any], instance: Any) -> list[str]:
-    validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    validator = jsonschema.Draft7Validator(
+        schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER
+    )
     return [
-        "%s: %s" % ("/".join(map(str, e.absolute_path)) or "<root>", e.message[:200])
+        "{}: {}".format("/".join(map(str, e.absolute_path)) or "<root>", e.message[:200])
         for e in validator.iter_errors(instance)
     ]
 
@@ -86,10 +87,13 @@ class HookReceiver:
         self.received: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.status = 200
+        self.delay = 0.0
         self.lock = threading.Lock()
         self.server = make_server("127.0.0.1", 0, self._app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -106,6 +110,8 @@ class HookReceiver:
                 errors = schema_errors(schema, payload)
                 if errors:
                     self.errors.append(f"{payload.get('action')}: {errors[:5]}")
+        if self.delay:
+            time.sleep(self.delay)
         with self.lock:
             self.received.append(entry)
             status = self.status

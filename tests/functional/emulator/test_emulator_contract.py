@@ -38,7 +38,11 @@ OPERATIONS = _operations()
 def world() -> Iterator[dict[str, Any]]:
     """One emulator with a completed job, a custom runner group and the ids the paths need."""
     emu = start_emulator(
-        orgs=[ORG], repos=[REPO, "acme/lib"], enterprises=[ENTERPRISE], tokens=[TOKEN], secondary_limit=0
+        orgs=[ORG],
+        repos=[REPO, "acme/lib"],
+        enterprises=[ENTERPRISE],
+        tokens=[TOKEN],
+        secondary_limit=0,
     )
     control = emu.control
     group_id = control.add_runner_group(ORG, "gpu", repos=[REPO])
@@ -120,7 +124,12 @@ def test_operation_matches_its_description(op: dict[str, Any], world: dict[str, 
     assert resp.status_code < 400, resp.text
     # The request was routed to this very operation, and carries GitHub's rate-limit headers.
     assert emu.control.stats()["requests"][op["operationId"]] == before + 1
-    for header in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "x-ratelimit-used"):
+    for header in (
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-ratelimit-used",
+    ):
         assert header in resp.headers
     if op["method"] == "GET":
         etag = resp.headers["ETag"]
@@ -134,7 +143,9 @@ def _op(api_spec: dict[str, Any], operation_id: str) -> dict[str, Any]:
     return next(o for o in api_spec["operations"] if o["operationId"] == operation_id)
 
 
-def test_documented_error_responses_validate(api_spec: dict[str, Any], world: dict[str, Any]) -> None:
+def test_documented_error_responses_validate(
+    api_spec: dict[str, Any], world: dict[str, Any]
+) -> None:
     emu: RunningEmulator = world["emu"]
     base = emu.url
     jit = _op(api_spec, "actions/generate-runner-jitconfig-for-org")
@@ -144,30 +155,42 @@ def test_documented_error_responses_validate(api_spec: dict[str, Any], world: di
     conflict = requests.post(path, headers=AUTH, json=body, timeout=30)
     assert conflict.status_code == 409
     _check(jit, conflict)
-    no_group = requests.post(path, headers=AUTH, json={**body, "name": "x", "runner_group_id": 999}, timeout=30)
+    no_group = requests.post(
+        path, headers=AUTH, json={**body, "name": "x", "runner_group_id": 999}, timeout=30
+    )
     assert no_group.status_code == 404
     _check(jit, no_group)
-    bad_labels = requests.post(path, headers=AUTH, json={**body, "name": "y", "labels": []}, timeout=30)
+    bad_labels = requests.post(
+        path, headers=AUTH, json={**body, "name": "y", "labels": []}, timeout=30
+    )
     assert bad_labels.status_code == 422
     _check(jit, bad_labels)
 
     runner = emu.state.create_runner("org", ORG, "labelled", ["self-hosted", "custom-a"])
     remove = _op(api_spec, "actions/remove-custom-label-from-self-hosted-runner-for-org")
-    missing = requests.delete(f"{base}/orgs/{ORG}/actions/runners/{runner.id}/labels/nope", headers=AUTH, timeout=30)
+    missing = requests.delete(
+        f"{base}/orgs/{ORG}/actions/runners/{runner.id}/labels/nope", headers=AUTH, timeout=30
+    )
     assert missing.status_code == 404
     _check(remove, missing)
     read_only = requests.delete(
-        f"{base}/orgs/{ORG}/actions/runners/{runner.id}/labels/self-hosted", headers=AUTH, timeout=30
+        f"{base}/orgs/{ORG}/actions/runners/{runner.id}/labels/self-hosted",
+        headers=AUTH,
+        timeout=30,
     )
     assert read_only.status_code == 422
     _check(remove, read_only)
 
     # GitHub refuses to delete a runner that is running a job.
     delete = _op(api_spec, "actions/delete-self-hosted-runner-from-org")
-    busy = emu.state.create_runner("org", ORG, "busy-one", ["self-hosted", "busy-only"], simulated=True)
+    busy = emu.state.create_runner(
+        "org", ORG, "busy-one", ["self-hosted", "busy-only"], simulated=True
+    )
     job_id = emu.control.queue_job("acme/lib", ["busy-only"], ["sleep 1"], duration=30)
     emu.control.wait_job(job_id, status="in_progress", timeout=10)
-    refused = requests.delete(f"{base}/orgs/{ORG}/actions/runners/{busy.id}", headers=AUTH, timeout=30)
+    refused = requests.delete(
+        f"{base}/orgs/{ORG}/actions/runners/{busy.id}", headers=AUTH, timeout=30
+    )
     assert refused.status_code == 422
     _check(delete, refused)
     assert "still running a job" in refused.json()["message"]

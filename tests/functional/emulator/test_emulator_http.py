@@ -42,7 +42,9 @@ def test_conditional_get_returns_304_without_spending_budget(
     assert int(changed.headers["x-ratelimit-remaining"]) == remaining - 1
 
 
-def test_pagination_links_follow_github(emu: RunningEmulator, gh: Callable[..., requests.Response]) -> None:
+def test_pagination_links_follow_github(
+    emu: RunningEmulator, gh: Callable[..., requests.Response]
+) -> None:
     emu.control.add_runners(250, org=ORG)
     base = f"{emu.url}{RUNNERS}"
     page1 = gh("GET", RUNNERS, params={"per_page": 100})
@@ -84,17 +86,33 @@ def test_auth_errors_look_like_github(emu: RunningEmulator) -> None:
     unknown = requests.get(url, headers={"Authorization": "token ghp_nope"}, timeout=30)
     assert unknown.status_code == 401
     assert unknown.json()["message"] == "Bad credentials"
-    assert requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).status_code == 200
+    assert (
+        requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).status_code
+        == 200
+    )
 
     # A token scoped to one repo sees that repo but not the org or other repos: 404, as GitHub.
     emu.control.add_token("ghp_repo_only", repos=[REPO])
     scoped = {"Authorization": "token ghp_repo_only"}
-    assert requests.get(f"{emu.url}/repos/{REPO}/actions/runners", headers=scoped, timeout=30).status_code == 200
+    assert (
+        requests.get(
+            f"{emu.url}/repos/{REPO}/actions/runners", headers=scoped, timeout=30
+        ).status_code
+        == 200
+    )
     denied = requests.get(url, headers=scoped, timeout=30)
     assert denied.status_code == 404
     assert denied.json()["message"] == "Not Found"
-    assert requests.get(f"{emu.url}/repos/acme/lib/actions/runners", headers=scoped, timeout=30).status_code == 404
-    assert requests.get(f"{emu.url}/orgs/nobody/actions/runners", headers=AUTH, timeout=30).status_code == 404
+    assert (
+        requests.get(
+            f"{emu.url}/repos/acme/lib/actions/runners", headers=scoped, timeout=30
+        ).status_code
+        == 404
+    )
+    assert (
+        requests.get(f"{emu.url}/orgs/nobody/actions/runners", headers=AUTH, timeout=30).status_code
+        == 404
+    )
     assert requests.get(f"{emu.url}/no/such/route", headers=AUTH, timeout=30).status_code == 404
 
 
@@ -104,9 +122,12 @@ def test_primary_budget_exhaustion(emulator_factory: Callable[..., RunningEmulat
     first = requests.get(url, headers=AUTH, timeout=30)
     etag = first.headers["ETag"]
     assert requests.get(url, headers={**AUTH, "If-None-Match": etag}, timeout=30).status_code == 304
-    assert requests.get(f"{emu.url}/rate_limit", headers=AUTH, timeout=30).json()["rate"]["used"] == 1
+    assert (
+        requests.get(f"{emu.url}/rate_limit", headers=AUTH, timeout=30).json()["rate"]["used"] == 1
+    )
     remaining = [
-        int(requests.get(url, headers=AUTH, timeout=30).headers["x-ratelimit-remaining"]) for _ in range(4)
+        int(requests.get(url, headers=AUTH, timeout=30).headers["x-ratelimit-remaining"])
+        for _ in range(4)
     ]
     assert remaining == [3, 2, 1, 0]
     over = requests.get(url, headers=AUTH, timeout=30)
@@ -118,13 +139,19 @@ def test_primary_budget_exhaustion(emulator_factory: Callable[..., RunningEmulat
     assert emu.control.stats()["primary_limited"] == 1
     # Another token has its own budget.
     emu.control.add_token("ghp_other", orgs=[ORG])
-    assert requests.get(url, headers={"Authorization": "token ghp_other"}, timeout=30).status_code == 200
+    assert (
+        requests.get(url, headers={"Authorization": "token ghp_other"}, timeout=30).status_code
+        == 200
+    )
 
 
 def test_secondary_limit_on_writes(emulator_factory: Callable[..., RunningEmulator]) -> None:
     emu = emulator_factory(secondary_limit=10)
     url = f"{emu.url}{RUNNERS}/registration-token"
-    assert [requests.post(url, headers=AUTH, timeout=30).status_code for _ in range(2)] == [201, 201]
+    assert [requests.post(url, headers=AUTH, timeout=30).status_code for _ in range(2)] == [
+        201,
+        201,
+    ]
     limited = requests.post(url, headers=AUTH, timeout=30)
     assert limited.status_code == 403
     assert 1 <= int(limited.headers["retry-after"]) <= 60
@@ -174,22 +201,31 @@ def test_latency_malformed_and_hang_faults(emu: RunningEmulator) -> None:
     assert requests.get(url, headers=AUTH, timeout=30).status_code == 200
 
 
-def test_probability_faults_are_reproducible(emulator_factory: Callable[..., RunningEmulator]) -> None:
+def test_probability_faults_are_reproducible(
+    emulator_factory: Callable[..., RunningEmulator],
+) -> None:
     patterns = []
     for _ in range(2):
         emu = emulator_factory()
         emu.control.fault(route="*", status=503, probability=0.5, seed=42)
         patterns.append(
-            [requests.get(emu.url + RUNNERS, headers=AUTH, timeout=30).status_code for _ in range(16)]
+            [
+                requests.get(emu.url + RUNNERS, headers=AUTH, timeout=30).status_code
+                for _ in range(16)
+            ]
         )
     assert patterns[0] == patterns[1]
     assert set(patterns[0]) == {200, 503}
 
 
-def test_stats_never_reveal_tokens(emu: RunningEmulator, gh: Callable[..., requests.Response]) -> None:
+def test_stats_never_reveal_tokens(
+    emu: RunningEmulator, gh: Callable[..., requests.Response]
+) -> None:
     gh("GET", RUNNERS)
     gh("POST", f"{RUNNERS}/registration-token")
-    requests.get(emu.url + RUNNERS, headers={"Authorization": "token ghp_secret_unknown"}, timeout=30)
+    requests.get(
+        emu.url + RUNNERS, headers={"Authorization": "token ghp_secret_unknown"}, timeout=30
+    )
     raw = requests.get(f"{emu.url}/_emulator/stats", timeout=30).text
     tokens = requests.get(f"{emu.url}/_emulator/tokens", timeout=30).text
     for text in (raw, tokens):

@@ -22,7 +22,12 @@ def client(emu: RunningEmulator) -> Iterator[Github]:
 
 
 # PyGithub throttles itself (0.25 s between requests, 1 s between writes) by default.
-FAST: dict[str, Any] = {"retry": None, "timeout": 30, "seconds_between_requests": 0, "seconds_between_writes": 0}
+FAST: dict[str, Any] = {
+    "retry": None,
+    "timeout": 30,
+    "seconds_between_requests": 0,
+    "seconds_between_writes": 0,
+}
 
 
 def _decode(encoded: str) -> dict[str, Any]:
@@ -33,7 +38,9 @@ def test_org_runners_tokens_and_jit(client: Github, emu: RunningEmulator) -> Non
     org = client.get_organization(ORG)
     assert list(org.get_self_hosted_runners()) == []
 
-    jit = org.create_self_hosted_runner_jitconfig("org-runner-1", 1, ["self-hosted", "linux", "large"])
+    jit = org.create_self_hosted_runner_jitconfig(
+        "org-runner-1", 1, ["self-hosted", "linux", "large"]
+    )
     assert jit.runner.name == "org-runner-1"
     assert jit.runner.status == "offline"
     config = _decode(jit.encoded_jit_config)
@@ -60,7 +67,9 @@ def test_org_runners_tokens_and_jit(client: Github, emu: RunningEmulator) -> Non
     assert exc.value.status == 404
 
 
-def test_repo_runners_tokens_and_jit_through_the_requester(client: Github, emu: RunningEmulator) -> None:
+def test_repo_runners_tokens_and_jit_through_the_requester(
+    client: Github, emu: RunningEmulator
+) -> None:
     repo = client.get_repo(REPO)
     assert repo.full_name == REPO
     assert repo.url.startswith(emu.url)

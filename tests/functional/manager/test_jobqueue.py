@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import redis
+from tests.conftest import SPEC_DIR
+from tests.parts import ON_CI, RedisServer, start_redis, wait_for
 
 from github_runner_manager.jobqueue import JobEvent, JobQueue
 from github_runner_manager.store import StoreUnavailable
-from tests.conftest import SPEC_DIR
-from tests.parts import ON_CI, RedisServer, start_redis, wait_for
 
 pytestmark = pytest.mark.needs_redis
 
@@ -46,14 +46,22 @@ def make_queue(client: redis.Redis, consumer: str, **kwargs: Any) -> JobQueue:
     return JobQueue(client, key_prefix="q", consumer=consumer, **kwargs)
 
 
-def payload(examples: dict[str, dict[str, Any]], action: str = "queued", job_id: int = 1, **job: Any) -> dict:
+def payload(
+    examples: dict[str, dict[str, Any]], action: str = "queued", job_id: int = 1, **job: Any
+) -> dict:
     data = copy.deepcopy(examples[action])
     data["workflow_job"]["id"] = job_id
     data["workflow_job"].update(job)
     return data
 
 
-def event(examples: dict[str, dict[str, Any]], delivery: str, action: str = "queued", job_id: int = 1, **job: Any) -> JobEvent:
+def event(
+    examples: dict[str, dict[str, Any]],
+    delivery: str,
+    action: str = "queued",
+    job_id: int = 1,
+    **job: Any,
+) -> JobEvent:
     return JobEvent.from_payload(delivery, payload(examples, action, job_id, **job))
 
 
@@ -61,13 +69,18 @@ def event(examples: dict[str, dict[str, Any]], delivery: str, action: str = "que
 
 
 @pytest.mark.parametrize("action", ["queued", "in_progress", "completed", "waiting"])
-def test_from_payload_accepts_githubs_examples(examples: dict[str, dict[str, Any]], action: str) -> None:
+def test_from_payload_accepts_githubs_examples(
+    examples: dict[str, dict[str, Any]], action: str
+) -> None:
     body = examples[action]
     ev = JobEvent.from_payload("d-1", body, received_at=123.0)
     assert ev.action == action == body["action"]
     assert ev.job_id == body["workflow_job"]["id"] and ev.run_id == body["workflow_job"]["run_id"]
     assert ev.labels == tuple(body["workflow_job"]["labels"])
-    assert ev.repo == body["repository"]["full_name"] and ev.owner == body["repository"]["owner"]["login"]
+    assert (
+        ev.repo == body["repository"]["full_name"]
+        and ev.owner == body["repository"]["owner"]["login"]
+    )
     assert ev.status == body["workflow_job"]["status"]
     assert ev.conclusion == body["workflow_job"]["conclusion"]
     assert ev.runner_name == body["workflow_job"]["runner_name"]
@@ -100,7 +113,9 @@ def _set(data: dict, path: str, value: Any) -> None:
      "workflow_job.status", "workflow_job.created_at", "repository", "repository.full_name",
      "repository.owner", "repository.owner.login"],
 )  # fmt: skip
-def test_from_payload_names_a_missing_field(examples: dict[str, dict[str, Any]], field: str) -> None:
+def test_from_payload_names_a_missing_field(
+    examples: dict[str, dict[str, Any]], field: str
+) -> None:
     data = copy.deepcopy(examples["queued"])
     _drop(data, field)
     with pytest.raises(ValueError, match=f"^{field.replace('.', '[.]')}: missing"):
@@ -125,15 +140,19 @@ def test_from_payload_names_a_missing_field(examples: dict[str, dict[str, Any]],
         ("repository.owner", "acme"),
     ],
 )
-def test_from_payload_names_a_bad_field(examples: dict[str, dict[str, Any]], field: str, value: Any) -> None:
+def test_from_payload_names_a_bad_field(
+    examples: dict[str, dict[str, Any]], field: str, value: Any
+) -> None:
     data = copy.deepcopy(examples["queued"])
     _set(data, field, value)
     with pytest.raises(ValueError, match=f"^{field.replace('.', '[.]')}: "):
         JobEvent.from_payload("d", data)
 
 
-def test_from_payload_rejects_non_objects_and_missing_delivery(examples: dict[str, dict[str, Any]]) -> None:
-    with pytest.raises(ValueError, match="^payload: expected a JSON object"):
+def test_from_payload_rejects_non_objects_and_missing_delivery(
+    examples: dict[str, dict[str, Any]],
+) -> None:
+    with pytest.raises(ValueError, match=r"^payload: expected a JSON object"):
         JobEvent.from_payload("d", [1, 2])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="X-GitHub-Delivery"):
         JobEvent.from_payload(" ", examples["queued"])
@@ -158,15 +177,23 @@ def test_dedup_by_delivery_id(client: redis.Redis, examples: dict[str, dict[str,
     assert int(client.hget("q:counters", "jobqueue_duplicate_delivery")) == 1
 
 
-def test_dedup_by_job_id_and_action(client: redis.Redis, examples: dict[str, dict[str, Any]]) -> None:
+def test_dedup_by_job_id_and_action(
+    client: redis.Redis, examples: dict[str, dict[str, Any]]
+) -> None:
     queue = make_queue(client, "a")
     assert queue.enqueue(event(examples, "d-1", "queued", job_id=7))
-    assert not queue.enqueue(event(examples, "d-2", "queued", job_id=7))  # e.g. the poll found it too
+    assert not queue.enqueue(
+        event(examples, "d-2", "queued", job_id=7)
+    )  # e.g. the poll found it too
     assert queue.enqueue(event(examples, "d-3", "in_progress", job_id=7))
     assert queue.enqueue(event(examples, "d-4", "queued", job_id=8))
     assert queue.pending_count() == 3
     got = queue.read(count=10, block_ms=0)
-    assert [(e.job_id, e.action) for _id, e in got] == [(7, "queued"), (7, "in_progress"), (8, "queued")]
+    assert [(e.job_id, e.action) for _id, e in got] == [
+        (7, "queued"),
+        (7, "in_progress"),
+        (8, "queued"),
+    ]
 
 
 def test_job_tracking_for_pickup_latency_and_unfinished_runners(
@@ -182,7 +209,9 @@ def test_job_tracking_for_pickup_latency_and_unfinished_runners(
     assert status["labels"] == list(queued.labels) and status["repo"] == queued.repo
     assert status["started_at"] is None and status["runner_name"] is None
     assert queue.runner_job_unfinished("ghr-small-abc") is False
-    started = event(examples, "d-2", "in_progress", job_id=5, runner_name="ghr-small-abc", runner_id=77)
+    started = event(
+        examples, "d-2", "in_progress", job_id=5, runner_name="ghr-small-abc", runner_id=77
+    )
     queue.enqueue(started)
     status = queue.job_status(5)
     assert status is not None
@@ -190,7 +219,9 @@ def test_job_tracking_for_pickup_latency_and_unfinished_runners(
     assert status["runner_name"] == "ghr-small-abc" and status["runner_id"] == 77
     assert queue.runner_job_unfinished("ghr-small-abc") is True
     assert queue.job_for_runner("ghr-small-abc")["job_id"] == 5  # type: ignore[index]
-    queue.enqueue(event(examples, "d-3", "completed", job_id=5, runner_name="ghr-small-abc", runner_id=77))
+    queue.enqueue(
+        event(examples, "d-3", "completed", job_id=5, runner_name="ghr-small-abc", runner_id=77)
+    )
     status = queue.job_status(5)
     assert status is not None
     assert status["status"] == "completed" and status["conclusion"] == "success"
@@ -199,10 +230,14 @@ def test_job_tracking_for_pickup_latency_and_unfinished_runners(
     assert 0 < client.ttl("q:job:5") <= queue.job_ttl
 
 
-def test_tracking_never_goes_backwards(client: redis.Redis, examples: dict[str, dict[str, Any]]) -> None:
+def test_tracking_never_goes_backwards(
+    client: redis.Redis, examples: dict[str, dict[str, Any]]
+) -> None:
     queue = make_queue(client, "a")
     queue.enqueue(event(examples, "d-1", "completed", job_id=9, runner_name="ghr-r1"))
-    queue.enqueue(event(examples, "d-2", "in_progress", job_id=9, runner_name="ghr-r1"))  # arrives late
+    queue.enqueue(
+        event(examples, "d-2", "in_progress", job_id=9, runner_name="ghr-r1")
+    )  # arrives late
     queue.enqueue(event(examples, "d-3", "queued", job_id=9))
     status = queue.job_status(9)
     assert status is not None and status["status"] == "completed"
@@ -268,7 +303,9 @@ def test_entries_of_a_consumer_that_never_acks_are_reclaimed(
     assert client.xpending("q:jobs", "managers")["pending"] == 0
 
 
-def test_reclaimed_entries_come_before_new_ones(client: redis.Redis, examples: dict[str, dict[str, Any]]) -> None:
+def test_reclaimed_entries_come_before_new_ones(
+    client: redis.Redis, examples: dict[str, dict[str, Any]]
+) -> None:
     first = make_queue(client, "first", claim_idle_ms=100)
     second = make_queue(client, "second", claim_idle_ms=100)
     first.enqueue(event(examples, "d-1", job_id=1))
@@ -321,7 +358,9 @@ def test_malformed_entries_are_acked_counted_and_never_retried(
     assert queue.read(count=10, block_ms=0) == []  # nothing comes back, however long we wait
 
 
-def test_read_blocks_for_new_entries(client: redis.Redis, redis_url: str, examples: dict[str, dict[str, Any]]) -> None:
+def test_read_blocks_for_new_entries(
+    client: redis.Redis, redis_url: str, examples: dict[str, dict[str, Any]]
+) -> None:
     consumer = make_queue(client, "c")
     producer = make_queue(redis.Redis.from_url(redis_url), "p")
     consumer.read(block_ms=0)  # group exists
@@ -332,7 +371,9 @@ def test_read_blocks_for_new_entries(client: redis.Redis, redis_url: str, exampl
     assert [e.job_id for _i, e in got] == [1]
 
 
-def test_stream_recreated_after_redis_lost_it(client: redis.Redis, examples: dict[str, dict[str, Any]]) -> None:
+def test_stream_recreated_after_redis_lost_it(
+    client: redis.Redis, examples: dict[str, dict[str, Any]]
+) -> None:
     queue = make_queue(client, "a")
     assert queue.read(block_ms=0) == []
     client.flushdb()  # Redis emptied: stream and group are gone
@@ -351,7 +392,9 @@ def test_group_created_before_consumers_keeps_early_events(
     assert [e.job_id for _i, e in late.read(block_ms=0)] == [1]
 
 
-def test_redis_down_is_store_unavailable(tmp_path: Path, examples: dict[str, dict[str, Any]]) -> None:
+def test_redis_down_is_store_unavailable(
+    tmp_path: Path, examples: dict[str, dict[str, Any]]
+) -> None:
     server: RedisServer = start_redis(tmp_path / "r")
     try:
         queue = JobQueue(server.client(), key_prefix="q", consumer="a")

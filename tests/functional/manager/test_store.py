@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from tests.parts import RedisServer, free_port, start_redis, unavailable, wait_for
 
 from github_runner_manager.planner import RunnerState
 from github_runner_manager.store import (
@@ -26,7 +27,6 @@ from github_runner_manager.store import (
     parse_redis_url,
     redact_url,
 )
-from tests.parts import RedisServer, free_port, start_redis, unavailable, wait_for
 
 pytestmark = pytest.mark.needs_redis
 
@@ -42,7 +42,9 @@ def _names(n: int, tag: str = "r") -> list[str]:
     return [f"ghr-{tag}-{uuid.uuid4().hex[:8]}" for _ in range(n)]
 
 
-def _reserve(store: Store, names: list[str], group: str = "small", owner: str = "acme", **caps: int) -> list[str]:
+def _reserve(
+    store: Store, names: list[str], group: str = "small", owner: str = "acme", **caps: int
+) -> list[str]:
     kwargs = {"group_cap": 0, "total_cap": 0, "owner_cap": 0, **caps}
     return store.reserve_runners(group, owner, names, "unit-0", **kwargs)
 
@@ -57,12 +59,21 @@ def test_reserve_creates_creating_records_and_indexes(store: Store) -> None:
     record = store.get_runner(names[0])
     assert isinstance(record, RunnerRecord)
     assert record.state is RunnerState.CREATING
-    assert (record.group, record.owner, record.unit, record.backend) == ("small", "acme", "unit-0", "lxd")
+    assert (record.group, record.owner, record.unit, record.backend) == (
+        "small",
+        "acme",
+        "unit-0",
+        "lxd",
+    )
     assert before <= record.created_at <= time.time()
     assert record.github_id is None and record.job_id is None and record.registered is False
     assert sorted(r.name for r in store.list_runners("small")) == sorted(names)
     assert store.list_runners("large") == []
-    assert store.total_count() == 3 and store.owner_count("acme") == 3 and store.group_count("small") == 3
+    assert (
+        store.total_count() == 3
+        and store.owner_count("acme") == 3
+        and store.group_count("small") == 3
+    )
     assert store.counts() == {"small": {"creating": 3}}
 
 
@@ -85,13 +96,17 @@ def test_reserve_never_overwrites_an_existing_record(store: Store) -> None:
         ({}, 6),
     ],
 )
-def test_reserve_stops_at_the_tightest_cap(store: Store, caps: dict[str, int], expected: int) -> None:
+def test_reserve_stops_at_the_tightest_cap(
+    store: Store, caps: dict[str, int], expected: int
+) -> None:
     names = _names(6)
     assert _reserve(store, names, **caps) == names[:expected]
 
 
 def test_reserve_counts_other_groups_owners_and_units_against_the_total(store: Store) -> None:
-    store.reserve_runners("large", "other-org", _names(2), "unit-1", group_cap=0, total_cap=0, owner_cap=0)
+    store.reserve_runners(
+        "large", "other-org", _names(2), "unit-1", group_cap=0, total_cap=0, owner_cap=0
+    )
     assert _reserve(store, _names(5), total_cap=4) and store.total_count() == 4
     assert _reserve(store, _names(1), total_cap=4) == []
     assert _reserve(store, _names(1), owner="other-org", owner_cap=2, total_cap=0) == []
@@ -181,12 +196,16 @@ def test_transition_is_compare_and_set(store: Store) -> None:
     created = store.get_runner(name)
     assert created is not None
     assert not store.transition(name, [RunnerState.IDLE], RunnerState.BUSY)  # not idle yet
-    assert store.transition(name, [RunnerState.CREATING], RunnerState.IDLE, github_id=42, registered=True)
+    assert store.transition(
+        name, [RunnerState.CREATING], RunnerState.IDLE, github_id=42, registered=True
+    )
     record = store.get_runner(name)
     assert record is not None
     assert record.state is RunnerState.IDLE and record.github_id == 42 and record.registered
     assert record.updated_at >= created.updated_at
-    assert store.transition(name, {RunnerState.IDLE, RunnerState.OFFLINE}, RunnerState.BUSY, job_id=7)
+    assert store.transition(
+        name, {RunnerState.IDLE, RunnerState.OFFLINE}, RunnerState.BUSY, job_id=7
+    )
     record = store.get_runner(name)
     assert record is not None and record.job_id == 7 and record.busy_since is not None
     assert not store.transition("ghr-missing", [RunnerState.IDLE], RunnerState.BUSY)
@@ -207,7 +226,9 @@ def test_only_one_of_concurrent_transitions_wins(redis_url: str) -> None:
         def attempt(i: int, name: str = name, barrier: threading.Barrier = barrier) -> None:
             target = RunnerState.DELETING if i % 2 else RunnerState.BUSY
             barrier.wait(timeout=10)
-            results.append((i, stores[i % 2].transition(name, [RunnerState.IDLE], target, unit=f"u{i}")))
+            results.append(
+                (i, stores[i % 2].transition(name, [RunnerState.IDLE], target, unit=f"u{i}"))
+            )
 
         threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
         for t in threads:
@@ -230,7 +251,12 @@ def test_update_get_delete_and_counts(store: Store) -> None:
     store.update("ghr-none", github_id=1)  # never creates a record
     assert store.get_runner("ghr-none") is None
     record = store.get_runner(a)
-    assert record is not None and record.github_id == 9 and record.backend == "docker" and record.job_id is None
+    assert (
+        record is not None
+        and record.github_id == 9
+        and record.backend == "docker"
+        and record.job_id is None
+    )
     with pytest.raises(ValueError, match="cannot be changed"):
         store.update(a, state="busy")
     store.transition(b, [RunnerState.CREATING], RunnerState.IDLE)
@@ -239,7 +265,11 @@ def test_update_get_delete_and_counts(store: Store) -> None:
     store.delete_runner(a)  # idempotent
     assert store.get_runner(a) is None
     assert [r.name for r in store.list_runners()] == [b]
-    assert store.owner_count("acme") == 0 and store.owner_count("acme/app") == 1 and store.total_count() == 1
+    assert (
+        store.owner_count("acme") == 0
+        and store.owner_count("acme/app") == 1
+        and store.total_count() == 1
+    )
 
 
 def test_list_prunes_index_entries_without_a_record(store: Store) -> None:
@@ -326,7 +356,12 @@ def test_pickup_percentiles_over_the_last_thousand(store: Store) -> None:
     assert store.pickup_percentiles("small") == {"count": 0, "p50": None, "p95": None, "max": None}
     for value in range(1, 101):
         store.record_pickup("small", float(value))
-    assert store.pickup_percentiles("small") == {"count": 100, "p50": 50.0, "p95": 95.0, "max": 100.0}
+    assert store.pickup_percentiles("small") == {
+        "count": 100,
+        "p50": 50.0,
+        "p95": 95.0,
+        "max": 100.0,
+    }
     for _ in range(1200):
         store.record_pickup("large", 1000.0)
     assert store.pickup_percentiles("large")["count"] == 1000
@@ -352,7 +387,9 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def test_unavailable_redis_raises_store_unavailable_naming_the_host(private_redis: RedisServer) -> None:
+def test_unavailable_redis_raises_store_unavailable_naming_the_host(
+    private_redis: RedisServer,
+) -> None:
     password = "pw-" + uuid.uuid4().hex
     private_redis.client().config_set("requirepass", password)
     url = f"redis://:{password}@127.0.0.1:{private_redis.port}/0"
@@ -412,11 +449,22 @@ def test_nothing_listening_is_unavailable() -> None:
 
 def test_parse_plain_url() -> None:
     t = parse_redis_url("redis://127.0.0.1:6380/3")
-    assert (t.scheme, t.hosts, t.db, t.tls, t.sentinel) == ("redis", (("127.0.0.1", 6380),), 3, False, False)
+    assert (t.scheme, t.hosts, t.db, t.tls, t.sentinel) == (
+        "redis",
+        (("127.0.0.1", 6380),),
+        3,
+        False,
+        False,
+    )
     t = parse_redis_url("redis://redis.internal")
     assert t.hosts == (("redis.internal", 6379),) and t.db == 0 and t.password is None
     t = parse_redis_url("redis://user:p%40ss%3Aw0rd@[::1]:7000/1")
-    assert t.username == "user" and t.password == "p@ss:w0rd" and t.hosts == (("::1", 7000),) and t.db == 1
+    assert (
+        t.username == "user"
+        and t.password == "p@ss:w0rd"
+        and t.hosts == (("::1", 7000),)
+        and t.db == 1
+    )
     assert "p@ss" not in repr(t) and "p@ss" not in t.describe()
     t = parse_redis_url("redis://:only-pass@h/0")
     assert t.username is None and t.password == "only-pass"
@@ -427,16 +475,27 @@ def test_parse_tls_url() -> None:
     assert t.tls and t.ssl_cert_reqs == "none"
     assert t.ssl_kwargs()["ssl"] is True and t.ssl_kwargs()["ssl_check_hostname"] is False
     t = parse_redis_url("rediss://cache.example?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false")
-    assert t.ssl_cert_reqs == "required" and t.ssl_ca_certs == "/etc/ca.pem" and not t.ssl_check_hostname
+    assert (
+        t.ssl_cert_reqs == "required"
+        and t.ssl_ca_certs == "/etc/ca.pem"
+        and not t.ssl_check_hostname
+    )
     assert parse_redis_url("rediss://h").ssl_kwargs()["ssl_check_hostname"] is True
     assert parse_redis_url("redis://h").ssl_kwargs() == {}
 
 
 def test_parse_sentinel_url() -> None:
-    t = parse_redis_url("redis+sentinel://:pw@s1:26379,s2,[fd00::3]:26380/mymaster/2?sentinel_password=sp")
+    t = parse_redis_url(
+        "redis+sentinel://:pw@s1:26379,s2,[fd00::3]:26380/mymaster/2?sentinel_password=sp"
+    )
     assert t.sentinel and not t.tls
     assert t.hosts == (("s1", 26379), ("s2", 26379), ("fd00::3", 26380))
-    assert t.master_name == "mymaster" and t.db == 2 and t.password == "pw" and t.sentinel_password == "sp"
+    assert (
+        t.master_name == "mymaster"
+        and t.db == 2
+        and t.password == "pw"
+        and t.sentinel_password == "sp"
+    )
     assert t.describe() == "redis+sentinel://s1:26379,s2:26379,[fd00::3]:26380/mymaster/2"
     assert parse_redis_url("redis+sentinel://s1/mymaster").db == 0
     assert parse_redis_url("rediss+sentinel://s1/m/0?ssl_cert_reqs=optional").tls
@@ -494,7 +553,9 @@ def test_from_config_accepts_the_config_model(redis_server: RedisServer) -> None
 # -- TLS and Sentinel, for real ---------------------------------------------------------------------
 
 
-def _wait_or_fail(process: subprocess.Popen[bytes], condition: object, what: str, log: Path) -> None:
+def _wait_or_fail(
+    process: subprocess.Popen[bytes], condition: object, what: str, log: Path
+) -> None:
     def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode}: {log.read_text()[-2000:]}")
@@ -513,13 +574,29 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     openssl, server = shutil.which("openssl"), shutil.which("redis-server")
     if not openssl or not server:
         unavailable("openssl and redis-server are needed for the TLS test")
-    ca_key, ca, key, csr, crt = (tmp_path / n for n in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.pem"))
+    ca_key, ca, key, csr, crt = (
+        tmp_path / n for n in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.pem")
+    )
     ext = tmp_path / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run = lambda *args: subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)  # noqa: E731
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
         "-days", "2", "-subj", "/CN=ghrm-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
     run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
         "-out", str(crt), "-days", "2", "-extfile", str(ext))  # fmt: skip
     port = free_port()
@@ -539,7 +616,9 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 def test_rediss_talks_tls_and_verifies_the_certificate(tls_redis: tuple[int, Path]) -> None:
     port, ca = tls_redis
-    store = Store(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", key_prefix="tls", socket_timeout=3)
+    store = Store(
+        f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", key_prefix="tls", socket_timeout=3
+    )
     names = _names(2)
     assert _reserve(store, names, group_cap=1) == names[:1]
     assert store.transition(names[0], [RunnerState.CREATING], RunnerState.IDLE)
@@ -548,7 +627,9 @@ def test_rediss_talks_tls_and_verifies_the_certificate(tls_redis: tuple[int, Pat
     assert untrusted.ping() is False
     with pytest.raises(StoreUnavailable, match=f"rediss://127.0.0.1:{port}"):
         untrusted.total_count()
-    relaxed = Store(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none", key_prefix="tls", socket_timeout=3)
+    relaxed = Store(
+        f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none", key_prefix="tls", socket_timeout=3
+    )
     assert relaxed.total_count() == 1
     # Plain text to a TLS port does not work either.
     plain = Store(f"redis://127.0.0.1:{port}/0", socket_timeout=2)
@@ -569,7 +650,9 @@ def sentinel(private_redis: RedisServer, tmp_path: Path) -> Iterator[int]:
         f"sentinel monitor ghrm-master 127.0.0.1 {private_redis.port} 1\n"
         "sentinel down-after-milliseconds ghrm-master 60000\n"
     )
-    process = subprocess.Popen([server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     probe = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True)
 
     def master_known() -> bool:
@@ -583,7 +666,9 @@ def sentinel(private_redis: RedisServer, tmp_path: Path) -> Iterator[int]:
 
 def test_sentinel_url_finds_the_master(sentinel: int, private_redis: RedisServer) -> None:
     dead = free_port()  # a Sentinel that is down is skipped for the next one in the list
-    store = Store(f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{sentinel}/ghrm-master/0", key_prefix="sen")
+    store = Store(
+        f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{sentinel}/ghrm-master/0", key_prefix="sen"
+    )
     assert store.ping()
     names = _names(3)
     assert _reserve(store, names, total_cap=2) == names[:2]

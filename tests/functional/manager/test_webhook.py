@@ -16,12 +16,12 @@ from urllib.parse import urlencode
 import pytest
 import redis
 import requests
+from tests.conftest import SPEC_DIR
+from tests.parts import ON_CI, start_redis
 
 from github_runner_manager.jobqueue import JobEvent, JobQueue
 from github_runner_manager.metrics import Metrics
 from github_runner_manager.webhook import WebhookServer, create_app, verify_signature
-from tests.conftest import SPEC_DIR
-from tests.parts import ON_CI, start_redis
 
 pytestmark = pytest.mark.needs_redis
 
@@ -41,7 +41,9 @@ def examples() -> dict[str, dict[str, Any]]:
 class Hook:
     """A running endpoint plus what the test needs to post to it and look behind it."""
 
-    def __init__(self, queue: JobQueue, server: WebhookServer, metrics: Metrics, events: list[JobEvent]) -> None:
+    def __init__(
+        self, queue: JobQueue, server: WebhookServer, metrics: Metrics, events: list[JobEvent]
+    ) -> None:
         self.queue, self.server, self.metrics, self.events = queue, server, metrics, events
         self.url = f"{server.url}/webhook"
 
@@ -93,7 +95,9 @@ def test_verify_signature_matches_githubs_test_vector() -> None:
     assert not verify_signature(secret, body, None)
     assert not verify_signature(secret, body, good.replace("sha256=", "sha1="))
     assert not verify_signature(secret, body, "sha256=" + "0" * 64)
-    assert not verify_signature(secret, body, "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    assert not verify_signature(
+        secret, body, "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    )
     assert not verify_signature(b"", body, good)
 
 
@@ -102,22 +106,38 @@ def test_valid_queued_payload_is_enqueued(hook: Hook, examples: dict[str, dict[s
     assert response.status_code == 202
     assert response.json()["result"] == "enqueued"
     [(entry_id, event)] = hook.queue.read(block_ms=0)
-    assert event == JobEvent.from_payload("del-1", examples["queued"], received_at=event.received_at)
+    assert event == JobEvent.from_payload(
+        "del-1", examples["queued"], received_at=event.received_at
+    )
     assert [e.job_id for e in hook.events] == [event.job_id]
     hook.queue.ack(entry_id)
-    assert hook.metrics.value("ghrm_webhook_deliveries_total", {"event": "workflow_job", "result": "enqueued"}) == 1
+    assert (
+        hook.metrics.value(
+            "ghrm_webhook_deliveries_total", {"event": "workflow_job", "result": "enqueued"}
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize("action", ["in_progress", "completed", "waiting"])
-def test_every_example_action_is_accepted(hook: Hook, examples: dict[str, dict[str, Any]], action: str) -> None:
+def test_every_example_action_is_accepted(
+    hook: Hook, examples: dict[str, dict[str, Any]], action: str
+) -> None:
     response = hook.post(examples[action])
     assert response.status_code == 202, response.text
     assert hook.queue.pending_count() == 1
 
 
-def test_bad_signature_is_401_and_nothing_enqueued(hook: Hook, examples: dict[str, dict[str, Any]]) -> None:
+def test_bad_signature_is_401_and_nothing_enqueued(
+    hook: Hook, examples: dict[str, dict[str, Any]]
+) -> None:
     body = json.dumps(examples["queued"]).encode()
-    for signature in (sign(body, b"wrong-secret"), sign(body + b"\n"), "sha256=deadbeef", "garbage"):
+    for signature in (
+        sign(body, b"wrong-secret"),
+        sign(body + b"\n"),
+        "sha256=deadbeef",
+        "garbage",
+    ):
         response = hook.post(body, signature=signature)
         assert response.status_code == 401, signature
     assert hook.queue.pending_count() == 0
@@ -158,7 +178,9 @@ def test_malformed_json_is_400(hook: Hook) -> None:
     assert hook.queue.pending_count() == 0
 
 
-def test_payload_missing_a_field_is_400_naming_it(hook: Hook, examples: dict[str, dict[str, Any]]) -> None:
+def test_payload_missing_a_field_is_400_naming_it(
+    hook: Hook, examples: dict[str, dict[str, Any]]
+) -> None:
     body = copy.deepcopy(examples["queued"])
     del body["workflow_job"]["labels"]
     response = hook.post(body)
@@ -179,7 +201,9 @@ def test_ping_is_200_and_other_events_204(hook: Hook) -> None:
     assert hook.queue.pending_count() == 0
 
 
-def test_missing_event_or_delivery_header_is_400(hook: Hook, examples: dict[str, dict[str, Any]]) -> None:
+def test_missing_event_or_delivery_header_is_400(
+    hook: Hook, examples: dict[str, dict[str, Any]]
+) -> None:
     body = json.dumps(examples["queued"]).encode()
     headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(body)}
     response = requests.post(hook.url, data=body, headers=headers, timeout=10)
@@ -221,7 +245,13 @@ def test_secret_and_signature_never_logged(
     hook.post(body, signature=good, delivery="logged-delivery")
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "logged-delivery" in text  # the log does say what happened
-    for secret in (SECRET.decode(), good, bad, good.removeprefix("sha256="), bad.removeprefix("sha256=")):
+    for secret in (
+        SECRET.decode(),
+        good,
+        bad,
+        good.removeprefix("sha256="),
+        bad.removeprefix("sha256="),
+    ):
         assert secret not in text
 
 
@@ -231,14 +261,20 @@ def test_empty_secret_is_refused(redis_url: str) -> None:
         create_app(queue, b"")
 
 
-def test_redis_down_is_503_and_health_fails(tmp_path: Path, examples: dict[str, dict[str, Any]]) -> None:
+def test_redis_down_is_503_and_health_fails(
+    tmp_path: Path, examples: dict[str, dict[str, Any]]
+) -> None:
     private = start_redis(tmp_path / "r")
     queue = JobQueue(private.client(), key_prefix="wh", consumer="x")
     server = WebhookServer(create_app(queue, SECRET), "127.0.0.1", 0)
     server.start()
     try:
         body = json.dumps(examples["queued"]).encode()
-        headers = {"X-GitHub-Event": "workflow_job", "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": sign(body)}
+        headers = {
+            "X-GitHub-Event": "workflow_job",
+            "X-GitHub-Delivery": "d-1",
+            "X-Hub-Signature-256": sign(body),
+        }
         private.stop()
         response = requests.post(f"{server.url}/webhook", data=body, headers=headers, timeout=10)
         assert response.status_code == 503

@@ -45,8 +45,12 @@ def test_job_events_by_action_and_group() -> None:
     assert metrics.value("ghrm_jobs_queued_total", {"group": "small"}) == 1
     assert metrics.value("ghrm_jobs_queued_total", {"group": "unmatched"}) == 1
     assert metrics.value("ghrm_jobs_started_total", {"group": "small"}) == 1
-    assert metrics.value("ghrm_jobs_completed_total", {"group": "small", "conclusion": "success"}) == 1
-    assert metrics.value("ghrm_jobs_completed_total", {"group": "small", "conclusion": "unknown"}) == 1
+    assert (
+        metrics.value("ghrm_jobs_completed_total", {"group": "small", "conclusion": "success"}) == 1
+    )
+    assert (
+        metrics.value("ghrm_jobs_completed_total", {"group": "small", "conclusion": "unknown"}) == 1
+    )
     metrics.jobs_refused.labels(group="large", reason="mem").inc()
     assert metrics.value("ghrm_jobs_refused_total", {"group": "large", "reason": "mem"}) == 1
 
@@ -59,7 +63,9 @@ def test_pickup_histogram_buckets_cover_tenth_of_second_to_ten_minutes() -> None
         metrics.observe_pickup("small", seconds)
     labels = {"group": "small"}
     assert metrics.value("ghrm_job_pickup_seconds_count", labels) == 5
-    assert metrics.value("ghrm_job_pickup_seconds_bucket", {**labels, "le": "0.1"}) == 2  # incl. clamped
+    assert (
+        metrics.value("ghrm_job_pickup_seconds_bucket", {**labels, "le": "0.1"}) == 2
+    )  # incl. clamped
     assert metrics.value("ghrm_job_pickup_seconds_bucket", {**labels, "le": "1.0"}) == 3
     assert metrics.value("ghrm_job_pickup_seconds_bucket", {**labels, "le": "600.0"}) == 4
     assert metrics.value("ghrm_job_pickup_seconds_bucket", {**labels, "le": "+Inf"}) == 5
@@ -72,7 +78,12 @@ def test_github_stats_fold_in_as_deltas() -> None:
          "by_operation": {"list_runners": 3, "generate_jit_config": 2}, "remaining": 4990, "reset": 1.7e9}
     )  # fmt: skip
     metrics.observe_github_stats(
-        {"rate_limit_units": 6, "not_modified": 3, "by_operation": {"list_runners": 5}, "remaining": 4980}
+        {
+            "rate_limit_units": 6,
+            "not_modified": 3,
+            "by_operation": {"list_runners": 5},
+            "remaining": 4980,
+        }
     )
     assert metrics.value("ghrm_github_rate_limit_units_total") == 6
     assert metrics.value("ghrm_github_not_modified_total") == 3
@@ -101,7 +112,10 @@ def test_backend_call_times_successes_and_counts_errors_by_class() -> None:
     assert metrics.value("ghrm_backend_create_seconds_count", {"backend": "lxd"}) == 1
     assert metrics.value("ghrm_backend_delete_seconds_count", {"backend": "lxd"}) == 1
     assert (
-        metrics.value("ghrm_backend_errors_total", {"backend": "lxd", "operation": "create", "error": "CapacityError"})
+        metrics.value(
+            "ghrm_backend_errors_total",
+            {"backend": "lxd", "operation": "create", "error": "CapacityError"},
+        )
         == 1
     )
 
@@ -112,7 +126,12 @@ def test_webhook_rejections_exported_from_the_start() -> None:
     metrics.webhook_reject("bad_signature")
     metrics.webhook_delivery("workflow_job", "enqueued")
     assert metrics.value("ghrm_webhook_rejected_total", {"reason": "bad_signature"}) == 1
-    assert metrics.value("ghrm_webhook_deliveries_total", {"event": "workflow_job", "result": "enqueued"}) == 1
+    assert (
+        metrics.value(
+            "ghrm_webhook_deliveries_total", {"event": "workflow_job", "result": "enqueued"}
+        )
+        == 1
+    )
 
 
 def test_text_exposition_names_every_promised_family() -> None:
@@ -144,7 +163,11 @@ def test_metrics_server_serves_the_private_registry_on_loopback() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9464", ("::1", 9464)), (":9000", ("0.0.0.0", 9000))],
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("[::1]:9464", ("::1", 9464)),
+        (":9000", ("0.0.0.0", 9000)),
+    ],
 )
 def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen(text) == expected
@@ -152,5 +175,5 @@ def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("text", ["9464", "host:", "host:port", "h:70000"])
 def test_parse_listen_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="address|port"):
+    with pytest.raises(ValueError, match=r"address|port"):
         parse_listen(text)

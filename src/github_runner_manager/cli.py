@@ -1,0 +1,302 @@
+"""``github-runner-manager``: the standalone front end of the runner manager (typer + rich).
+
+Every command reads ``--config FILE`` (or ``$GITHUB_RUNNER_MANAGER_CONFIG``). Errors an operator can
+act on end the command with one line on stderr, never a traceback:
+
+* exit 2 -- the configuration or credentials must be fixed (bad config with the key path, missing
+  token, GitHub rejecting the token, a backend's settings or credentials, a missing backend library);
+* exit 1 -- something outside is unavailable or failed (Redis, GitHub, a backend, a download, a build);
+* exit 130 -- interrupted.
+
+``--log-level debug`` adds the traceback of unexpected errors to the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import click
+import typer
+
+from github_runner_manager.backends.base import (
+    AuthError,
+    BackendConfigError,
+    BackendError,
+    MissingDependencyError,
+)
+from github_runner_manager.config import ConfigError, ManagerConfig, dump_config, load_config
+from github_runner_manager.github import GitHubAuthError, GitHubError
+from github_runner_manager.store import StoreUnavailable
+
+PROG = "github-runner-manager"
+logger = logging.getLogger("github_runner_manager.cli")
+
+
+class LogLevel(str, Enum):
+    """Log levels accepted by ``--log-level``."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+@dataclass
+class _Options:
+    config: Path
+    log_level: LogLevel | None
+
+
+app = typer.Typer(
+    name=PROG,
+    help=(
+        "Keep fleets of ephemeral GitHub Actions self-hosted runners alive on LXD, Docker, AWS, GCP, "
+        "OpenStack, vSphere (or the fake backend), from one YAML config file.\n\n"
+        "Start the service with `run`; `status` shows each runner group; `reconcile` and `flush` act once."
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="GITHUB_RUNNER_MANAGER_CONFIG",
+            help="The manager's YAML config file (see docs; `dumpconfig` shows the effective one).",
+            show_envvar=True,
+        ),
+    ],
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            case_sensitive=False,
+            help="Logging detail on stderr [default: info for run, warning otherwise].",
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = _Options(config=config, log_level=log_level)
+
+
+def _setup_logging(options: _Options, default: LogLevel) -> None:
+    level = (options.log_level or default).value.upper()
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("urllib3", "werkzeug"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _config(ctx: typer.Context, default_level: LogLevel = LogLevel.warning) -> ManagerConfig:
+    options: _Options = ctx.obj
+    _setup_logging(options, default_level)
+    return load_config(options.config)
+
+
+def _manager(ctx: typer.Context, default_level: LogLevel = LogLevel.warning) -> Any:
+    from github_runner_manager.manager import RunnerManager
+
+    cfg = _config(ctx, default_level)
+    options: _Options = ctx.obj
+    return RunnerManager(cfg, config_path=options.config.resolve())
+
+
+def _echo(text: str) -> None:
+    typer.echo(text.rstrip("\n"))
+
+
+# ----------------------------------------------------------------------------------- commands
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Run the service: webhook endpoint, job consumers, reconcile loop, poll for missed webhooks.
+
+    Stops cleanly on SIGTERM or SIGINT; runners keep running and are found again on the next start.
+    """
+    manager = _manager(ctx, LogLevel.info)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %s received; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        manager.serve(stop)
+    finally:
+        manager.close()
+
+
+@app.command()
+def reconcile(
+    ctx: typer.Context,
+    quantity: Annotated[
+        int | None, typer.Option(help="Idle runners wanted per group (overrides min_idle and pending jobs).", min=0)
+    ] = None,
+) -> None:
+    """Converge this unit's fleet once; prints intended minus actual runners and the group table."""
+    manager = _manager(ctx)
+    try:
+        delta = manager.reconcile(quantity=quantity)
+        _echo(f"reconciled unit {manager.unit}: {delta:+d} runners (intended - actual before this pass)")
+        _echo(manager.info())
+    finally:
+        manager.close()
+
+
+@app.command()
+def flush(
+    ctx: typer.Context,
+    busy: Annotated[bool, typer.Option("--busy", help="Also remove runners that are running a job.")] = False,
+) -> None:
+    """Remove this unit's runners (idle ones; with --busy all of them), and any orphans."""
+    manager = _manager(ctx)
+    try:
+        removed = manager.flush(flush_busy=busy)
+        _echo(f"flushed unit {manager.unit}: {removed} runner{'s' if removed != 1 else ''} removed")
+    finally:
+        manager.close()
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+) -> None:
+    """Per runner group: idle, busy, creating, queued jobs, pickup p50/p95; and GitHub calls spent."""
+    manager = _manager(ctx)
+    try:
+        if as_json:
+            stats = {name: s.as_dict() for name, s in manager.statistics().items()}
+            _echo(json.dumps({"unit": manager.unit, "groups": stats}, indent=2))
+        else:
+            _echo(manager.info())
+    finally:
+        manager.close()
+
+
+@app.command()
+def dumpconfig(ctx: typer.Context) -> None:
+    """Print the effective configuration (defaults filled in, secrets shown as **********)."""
+    _echo(dump_config(_config(ctx)))
+
+
+@app.command("update-runner-bin")
+def update_runner_bin(
+    ctx: typer.Context,
+    check: Annotated[bool, typer.Option("--check", help="Only say whether a newer version exists.")] = False,
+) -> None:
+    """Download the latest runner application (sha256-verified) into the manager's cache."""
+    manager = _manager(ctx)
+    try:
+        if check:
+            newer = manager.check_runner_bin()
+            latest = manager.get_latest_runner_bin_url()
+            _echo(f"latest runner {latest.version}: {'update available' if newer else 'up to date'}")
+            return
+        binary = manager.update_runner_bin()
+        _echo(f"runner {binary.version} ({binary.os}/{binary.arch}) sha256 {binary.sha256[:12]}... at {binary.path}")
+    finally:
+        manager.close()
+
+
+@app.command("build-image")
+def build_image(
+    ctx: typer.Context,
+    schedule: Annotated[
+        int | None, typer.Option(help="Install a cron entry rebuilding every N hours instead of building now.", min=1)
+    ] = None,
+) -> None:
+    """Build the runner image with the cached runner application baked in (or schedule rebuilds)."""
+    manager = _manager(ctx, LogLevel.info)
+    try:
+        if schedule is not None:
+            path = manager.schedule_build_runner_image(schedule)
+            _echo(f"image rebuild scheduled every {schedule}h: {path}")
+            return
+        result = manager.build_runner_image()
+        _echo(f"image {result.alias or '-'} built in {result.seconds:.0f}s (cached: {result.cached})")
+    finally:
+        manager.close()
+
+
+# ------------------------------------------------------------------------------- entry point
+def _exit_code(exc: BaseException) -> tuple[int, str]:
+    """Map an error to (exit code, one-line message)."""
+    from github_runner_manager.runner_binary import RunnerBinaryError
+
+    try:
+        from github_runner_manager.image import ImageBuildError
+    except ImportError:  # pragma: no cover - image.py ships with the package
+        ImageBuildError = RuntimeError  # type: ignore[misc,assignment]  # noqa: N806
+    from github_runner_manager.manager import ImageBuildUnavailable
+
+    if isinstance(exc, ConfigError):
+        return 2, f"invalid configuration: {exc}"
+    if isinstance(exc, GitHubAuthError):
+        return 2, f"GitHub: {exc}"
+    if isinstance(exc, BackendConfigError | MissingDependencyError):
+        return 2, f"backend: {exc}"
+    if isinstance(exc, AuthError):
+        return 2, f"backend credentials rejected: {exc}"
+    if isinstance(exc, StoreUnavailable):
+        return 1, f"Redis: {exc}"
+    if isinstance(exc, GitHubError):
+        return 1, f"GitHub: {exc}"
+    if isinstance(exc, BackendError):
+        return 1, f"backend: {exc}"
+    if isinstance(exc, RunnerBinaryError):
+        return 1, f"runner binary: {exc}"
+    if isinstance(exc, ImageBuildError | ImageBuildUnavailable):
+        return 1, f"image build: {exc}"
+    if isinstance(exc, OSError):
+        return 1, f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+    return 1, f"unexpected {type(exc).__name__}: {exc} (run with --log-level debug for details)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (and exits with) the exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Abort:
+        typer.echo(f"{PROG}: interrupted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo(f"{PROG}: interrupted", err=True)
+        code = 130
+    except Exception as exc:
+        code, message = _exit_code(exc)
+        logger.debug("error details", exc_info=exc)
+        typer.echo(f"{PROG}: error: {message}", err=True)
+    if __name__ == "__main__" or argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

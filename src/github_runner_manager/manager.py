@@ -1,0 +1,1686 @@
+"""The RunnerManager: keeps each runner group's fleet at its target, and serves every queued job.
+
+One :class:`RunnerManager` runs per unit (Juju unit or standalone service); several share one Redis.
+What it promises:
+
+* **Reconcile** observes GitHub (each configured target, conditional listing), this unit's backend
+  instances (by prefix and unit tags), the Redis records of the whole fleet and the pending jobs, asks
+  :func:`planner.plan` what to do and carries it out with bounded concurrency (``concurrency``).
+  Deletions that depend on a listing that failed this cycle are skipped: never act on uncertain data.
+* **Creates** reserve a Redis record first (:meth:`Store.reserve_runners`, so group, owner and fleet caps
+  hold across units), then register a JIT runner, render user-data, and create the instance, trying the
+  group's next backend on :class:`CapacityError`. Any failure removes the GitHub runner and the record.
+* **Deletes** never touch a busy runner (recorded busy, GitHub busy on a re-check right before, or its
+  last job event unfinished) unless flushing busy; a lease per runner keeps two units from deleting the
+  same one; the order is instance, GitHub runner, record, so an interrupted delete is resumed.
+* **Jobs**: a queued job is matched to a group (unmatched jobs and jobs asking beyond the group's sizing
+  policy are counted and dropped), recorded as pending for this unit, and a runner is made sure of at
+  once: an idle pool runner if there is one to spare, else a new one. Jobs with ``k=v`` runs-on tokens
+  get a runner of their own, sized and labelled for them (GitHub routes by labels, so the runner must
+  carry the tokens). ``in_progress`` marks the runner busy and records the pickup latency,
+  ``completed`` marks it done so the husk goes promptly.
+* **Crash safety**: every record carries the session (pid and start time) of the process creating it;
+  a record left ``creating`` by a dead process is settled on the next reconcile: adopted when its
+  instance runs and GitHub knows the runner, removed everywhere otherwise. Instances without any record
+  are adopted when GitHub knows them (Redis was emptied) and deleted otherwise.
+
+Manager-owned Redis keys (besides the store's and the job queue's): ``{p}:pending`` (hash job id →
+pending job JSON), ``{p}:units`` (set of unit names), ``{p}:unit:{unit}`` (heartbeat with a TTL),
+``{p}:github`` (last rate-limit budget seen). All can be rebuilt: the poll finds queued jobs again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import string
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis
+
+from github_runner_manager import labels as labels_mod
+from github_runner_manager import planner
+from github_runner_manager.backends.base import (
+    TAG_GROUP,
+    TAG_OWNER,
+    TAG_PREFIX,
+    TAG_UNIT,
+    AuthError,
+    Backend,
+    BackendError,
+    CapacityError,
+    Instance,
+    InstanceNotFound,
+    InstanceSpec,
+    InstanceState,
+)
+from github_runner_manager.backends.registry import create_backend
+from github_runner_manager.config import GitHubPath, ManagerConfig, RunnerGroup
+from github_runner_manager.github import (
+    GitHubAuthError,
+    GitHubClient,
+    GitHubError,
+    GitHubRunner,
+    RunnerApplication,
+)
+from github_runner_manager.jobqueue import JobEvent, JobQueue
+from github_runner_manager.labels import Sizing, SizingRefused
+from github_runner_manager.metrics import Metrics
+from github_runner_manager.planner import ObservedRunner, RunnerState
+from github_runner_manager.runner_binary import RunnerBinary, RunnerBinaryCache
+from github_runner_manager.store import RunnerRecord, Store, StoreUnavailable
+from github_runner_manager.templates import build_context, render_user_data
+
+if TYPE_CHECKING:
+    from github_runner_manager.image import ImageBuildResult
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: States a runner may be claimed for a job in / taken by a job from.
+_WAITING = (RunnerState.CREATING, RunnerState.IDLE)
+#: Seconds a ``creating`` record without a session is given before it counts as abandoned.
+_SESSIONLESS_GRACE = 30.0
+#: Seconds a ``done`` runner's instance is given to power off before it is removed anyway.
+_DONE_GRACE = 30.0
+#: Pending jobs GitHub no longer lists as queued are dropped once this old (at least 2 poll intervals):
+#: by then a job missing from GitHub's queued list has started or was cancelled, its event lost.
+_PENDING_STALE = 30.0
+#: GitHub fails a job queued longer than a day.
+_PENDING_MAX_AGE = 86400.0
+#: Heartbeat lifetime of a unit; its pending jobs are adopted by another unit once it lapses.
+HEARTBEAT_TTL = 30.0
+_NAME_ALPHABET = string.ascii_lowercase + string.digits
+
+# Compare-and-set of one hash field: KEYS[1] hash, ARGV[1] field, ARGV[2] expected, ARGV[3] new value.
+_HCAS_LUA = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+# Delete KEYS[1] only while it holds ARGV[1].
+_DEL_IF_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ImageBuildUnavailable(RuntimeError):  # noqa: N818 - reads as a state, like the other errors
+    """Building the runner image is not possible here (the image module or its inputs are missing)."""
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass(frozen=True)
+class RunnerInfo:
+    """One runner as GitHub and the fleet's records see it (``get_github_info``)."""
+
+    name: str
+    owner: str
+    github_id: int | None
+    status: str | None
+    busy: bool
+    labels: tuple[str, ...]
+    group: str | None
+    state: str | None
+    unit: str | None
+    backend: str | None
+
+
+@dataclass(frozen=True)
+class GroupStatistics:
+    """Fleet-wide numbers of one runner group; ``github_*`` are fleet totals (the same in every group)."""
+
+    group: str
+    idle: int
+    busy: int
+    creating: int
+    offline: int
+    other: int
+    total: int
+    max_runners: int
+    min_idle: int
+    queued_jobs: int
+    pickup_count: int
+    pickup_p50: float | None
+    pickup_p95: float | None
+    pickup_max: float | None
+    github_requests: int
+    github_rate_limit_units: int
+    github_not_modified: int
+    github_remaining: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (for JSON output and the charm's action results)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """A queued job this fleet owes a runner: which unit serves it, for which group and owner."""
+
+    job_id: int
+    repo: str
+    labels: tuple[str, ...]
+    queued_at: float
+    unit: str
+    group: str
+    owner: str
+    tokens: dict[str, str] = field(default_factory=dict)
+    runner: str | None = None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> PendingJob:
+        data = json.loads(text)
+        return cls(
+            job_id=int(data["job_id"]),
+            repo=str(data["repo"]),
+            labels=tuple(str(x) for x in data.get("labels") or ()),
+            queued_at=float(data.get("queued_at") or 0.0),
+            unit=str(data["unit"]),
+            group=str(data["group"]),
+            owner=str(data["owner"]),
+            tokens={str(k): str(v) for k, v in (data.get("tokens") or {}).items()},
+            runner=data.get("runner") or None,
+        )
+
+
+@dataclass
+class _Observation:
+    """What one reconcile saw."""
+
+    now: float
+    records: dict[str, RunnerRecord]
+    github: dict[str, dict[str, GitHubRunner]]
+    github_ok: dict[str, bool]
+    instances: dict[str, tuple[str, Instance]]
+    backend_ok: dict[str, bool]
+    pending: dict[int, PendingJob]
+    unfinished: set[str]
+
+    def github_runner(self, name: str) -> GitHubRunner | None:
+        for runners in self.github.values():
+            if name in runners:
+                return runners[name]
+        return None
+
+    @property
+    def all_github_ok(self) -> bool:
+        return all(self.github_ok.values())
+
+    @property
+    def all_backends_ok(self) -> bool:
+        return all(self.backend_ok.values())
+
+
+@dataclass
+class _Settled:
+    """The observation turned into planner input plus the work the manager does itself."""
+
+    runners: list[ObservedRunner] = field(default_factory=list)
+    stale: list[RunnerRecord] = field(default_factory=list)
+    resume: list[RunnerRecord] = field(default_factory=list)
+    orphan_instances: list[str] = field(default_factory=list)
+    orphan_github: list[tuple[str, int]] = field(default_factory=list)
+    uncertain: set[str] = field(default_factory=set)
+    owner_elsewhere: dict[str, int] = field(default_factory=dict)
+    total_elsewhere: int = 0
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _proc_start(pid: int) -> str | None:
+    """Start time of a live, non-zombie process (``/proc/PID/stat`` field 22), else ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2 :].split()
+    if not rest or rest[0] in {"Z", "X"}:
+        return None
+    return rest[19] if len(rest) > 19 else None
+
+
+def path_covers(path: GitHubPath, repo: str) -> bool:
+    """Whether a runner registered at ``path`` may take a job of ``repo`` (``owner/name``)."""
+    owner = repo.partition("/")[0].lower()
+    if path.kind == "repo":
+        return str(path).lower() == repo.lower()
+    if path.kind == "org":
+        return path.owner.lower() == owner
+    return True
+
+
+def runner_labels(group: RunnerGroup, extra: Iterable[str] = ()) -> list[str]:
+    """The labels a runner of ``group`` registers with: the group's, the implied ones, then ``extra``."""
+    out: list[str] = []
+    seen: set[str] = set()
+    implied = sorted(labels_mod.implied_labels(group) - {x.lower() for x in group.labels})
+    for label in [*group.labels, *implied, *extra]:
+        if label.lower() not in seen:
+            seen.add(label.lower())
+            out.append(label)
+    return out
+
+
+# -------------------------------------------------------------------------------------- manager
+class RunnerManager:
+    """The fleet manager of one unit. Thread-safe; see the module docstring for its promises.
+
+    Args:
+        config: the validated configuration.
+        store: the Redis store (default: from ``config.redis``).
+        github: the GitHub client (default: from ``config.github``; reads the token).
+        backends: backends by name (default: built lazily from the registry and ``config.backends``).
+        clock: epoch clock.
+        metrics: where metrics go (default: a private registry).
+        config_path: the config file this manager was loaded from (for the image rebuild cron entry).
+    """
+
+    def __init__(
+        self,
+        config: ManagerConfig,
+        *,
+        store: Store | None = None,
+        github: GitHubClient | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.unit = config.unit
+        self.prefix = config.prefix
+        self.clock = clock
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self.store = store or Store.from_config(config.redis)
+        self._kp = self.store.key_prefix
+        if github is None:
+            token = config.github.resolve_token().get_secret_value()
+            github = GitHubClient(config.github.url, token, timeout=config.github.timeout)
+        self.github = github
+        self.jobqueue = JobQueue(
+            self.store.client,
+            key_prefix=self._kp,
+            consumer=f"{self.unit}-{os.getpid()}",
+            claim_idle_ms=30_000,
+        )
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._backend_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="ghrm-act")
+        self._session = f"{os.getpid()}:{_proc_start(os.getpid()) or '0'}"
+        self._creating: set[str] = set()
+        self._deleting: set[str] = set()
+        self._inflight_lock = threading.Lock()
+        self._reconcile_lock = threading.Lock()
+        self._group_locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._offline_since: dict[str, float] = {}
+        self._orphan_seen: dict[tuple[str, int], float] = {}
+        self._orphan_names: dict[tuple[str, int], str] = {}
+        self._github_published: dict[str, float] = {}
+        self._github_lock = threading.Lock()
+        self._hcas = self.store.client.register_script(_HCAS_LUA)
+        self._del_if = self.store.client.register_script(_DEL_IF_LUA)
+        self._binary_cache: RunnerBinaryCache | None = None
+
+    # ---------------------------------------------------------------------------- plumbing
+    def _redis(self, what: str, func: Callable[[], _T]) -> _T:
+        try:
+            return func()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(
+                f"Redis at {self.store.where} unavailable during {what}: {type(exc).__name__}"
+            ) from exc
+
+    def backend(self, name: str) -> Backend:
+        """The backend called ``name``, built on first use.
+
+        Raises:
+            BackendConfigError: unknown backend or invalid settings; MissingDependencyError.
+        """
+        with self._backend_lock:
+            found = self._backends.get(name)
+            if found is None:
+                found = create_backend(name, self.config.backend_settings(name), prefix=self.prefix)
+                self._backends[name] = found
+                hook = getattr(found, "use_runner_binary", None)
+                if callable(hook):
+                    hook(self._runner_tarball)
+            return found
+
+    def _backend_names(self, records: Iterable[RunnerRecord] = ()) -> list[str]:
+        names: list[str] = []
+        for group in self.config.runner_groups:
+            names.extend(group.backend_order)
+        names.extend(r.backend for r in records if r.unit == self.unit and r.backend)
+        return list(dict.fromkeys(names))
+
+    def validate(self) -> None:
+        """Build every configured backend and let it check each group (image, size); raise on problems."""
+        for group in self.config.runner_groups:
+            for name in group.backend_order:
+                self.backend(name).validate(group)
+
+    def _paths(self) -> list[GitHubPath]:
+        paths: list[GitHubPath] = []
+        for group in self.config.runner_groups:
+            paths.extend(self.config.group_paths(group))
+        return list(dict.fromkeys(paths))
+
+    def _path_for(self, group: RunnerGroup, repo: str) -> GitHubPath | None:
+        for path in self.config.group_paths(group):
+            if path_covers(path, repo):
+                return path
+        return None
+
+    def _group(self, name: str) -> RunnerGroup | None:
+        try:
+            return self.config.group(name)
+        except KeyError:
+            return None
+
+    def _new_name(self, group: str) -> str:
+        suffix = "".join(secrets.choice(_NAME_ALPHABET) for _ in range(6))
+        return f"{self.prefix}-{group}-{suffix}"
+
+    def _session_alive(self, record: RunnerRecord) -> bool:
+        """Whether the process that reserved a ``creating`` record may still be creating it."""
+        session = record.extra.get("session", "")
+        if not session:
+            return self.clock() - record.created_at < _SESSIONLESS_GRACE
+        if session == self._session:
+            return record.name in self._creating
+        return self._session_alive_text(session)
+
+    def close(self) -> None:
+        """Wait for running creates/deletes, then release backends and connections."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for backend in list(self._backends.values()):
+            with contextlib.suppress(Exception):
+                backend.close()
+        with contextlib.suppress(Exception):
+            self.github.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ heartbeat, GitHub stats
+    def heartbeat(self) -> None:
+        """Tell other units this one is alive (its pending jobs are not to be adopted)."""
+        key = f"{self._kp}:unit:{self.unit}"
+
+        def beat() -> None:
+            pipe = self.store.client.pipeline(transaction=False)
+            pipe.set(key, self._session, ex=int(HEARTBEAT_TTL))
+            pipe.sadd(f"{self._kp}:units", self.unit)
+            pipe.execute()
+
+        self._redis("heartbeat", beat)
+
+    def _unit_alive(self, unit: str) -> bool:
+        if unit == self.unit:
+            return True
+        return bool(self._redis("unit check", lambda: self.store.client.exists(f"{self._kp}:unit:{unit}")))
+
+    def publish_github_stats(self) -> None:
+        """Add this process's GitHub usage since the last call to the fleet counters and metrics."""
+        stats = self.github.stats()
+        self.metrics.observe_github_stats(stats)
+        with self._github_lock:
+            deltas = {}
+            for key, counter in (
+                ("requests", "github_requests"),
+                ("rate_limit_units", "github_rate_limit_units"),
+                ("not_modified", "github_not_modified"),
+            ):
+                value = float(stats.get(key) or 0)
+                previous = self._github_published.get(key, 0.0)
+                if value > previous:
+                    deltas[counter] = int(value - previous)
+                self._github_published[key] = value
+        for counter, delta in deltas.items():
+            self.store.incr(counter, delta)
+        budget = {k: stats.get(k) for k in ("remaining", "limit", "reset")}
+        if budget["remaining"] is not None:
+            mapping: dict[str | bytes, bytes | float | int | str] = {
+                k: str(v) for k, v in budget.items() if v is not None
+            }
+            self._redis("github budget", lambda: self.store.client.hset(f"{self._kp}:github", mapping=mapping))
+
+    # ------------------------------------------------------------------------- pending jobs
+    @property
+    def _pending_key(self) -> str:
+        return f"{self._kp}:pending"
+
+    def pending_jobs(self) -> dict[int, PendingJob]:
+        """Every pending job of the fleet (all units)."""
+        raw = self._redis("pending jobs", lambda: self.store.client.hgetall(self._pending_key))
+        out: dict[int, PendingJob] = {}
+        for key, value in raw.items():
+            try:
+                out[int(key)] = PendingJob.from_json(value)
+            except (ValueError, KeyError, TypeError):
+                logger.warning("pending job %s unreadable; dropped", key)
+                self._pending_drop_raw(key)
+        return out
+
+    def _pending_drop_raw(self, key: str) -> None:
+        self._redis("pending drop", lambda: self.store.client.hdel(self._pending_key, key))
+
+    def _pending_add(self, job: PendingJob) -> bool:
+        return bool(
+            self._redis(
+                "pending add",
+                lambda: self.store.client.hsetnx(self._pending_key, str(job.job_id), job.to_json()),
+            )
+        )
+
+    def _pending_get(self, job_id: int) -> PendingJob | None:
+        raw = self._redis("pending get", lambda: self.store.client.hget(self._pending_key, str(job_id)))
+        if not raw:
+            return None
+        try:
+            return PendingJob.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _pending_pop(self, job_id: int) -> PendingJob | None:
+        def pop() -> Any:
+            pipe = self.store.client.pipeline(transaction=True)
+            pipe.hget(self._pending_key, str(job_id))
+            pipe.hdel(self._pending_key, str(job_id))
+            return pipe.execute()[0]
+
+        raw = self._redis("pending pop", pop)
+        if not raw:
+            return None
+        try:
+            return PendingJob.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _pending_replace(self, old: PendingJob, new: PendingJob) -> bool:
+        """Compare-and-set a pending entry (it may have been popped or changed meanwhile)."""
+        return bool(
+            self._redis(
+                "pending update",
+                lambda: self._hcas(
+                    keys=[self._pending_key], args=[str(old.job_id), old.to_json(), new.to_json()]
+                ),
+            )
+        )
+
+    # ---------------------------------------------------------------------------- observe
+    def _observe(self) -> _Observation:
+        now = self.clock()
+        records = {r.name: r for r in self.store.list_runners()}
+        github: dict[str, dict[str, GitHubRunner]] = {}
+        github_ok: dict[str, bool] = {}
+        mine = f"{self.prefix}-"
+        for path in self._paths():
+            key = str(path)
+            try:
+                listed = self.github.list_runners(path)
+            except GitHubAuthError:
+                raise
+            except GitHubError as exc:
+                logger.warning("listing GitHub runners at %s failed: %s", key, exc)
+                github_ok[key] = False
+                github[key] = {}
+                continue
+            github[key] = {r.name: r for r in listed if r.name.startswith(mine)}
+            github_ok[key] = True
+        instances: dict[str, tuple[str, Instance]] = {}
+        backend_ok: dict[str, bool] = {}
+        tags = {TAG_PREFIX: self.prefix, TAG_UNIT: self.unit}
+        for name in self._backend_names(records.values()):
+            try:
+                for inst in self.backend(name).list(prefix=mine, tags=tags):
+                    instances.setdefault(inst.name, (name, inst))
+                backend_ok[name] = True
+            except AuthError:
+                raise
+            except BackendError as exc:
+                logger.warning("listing instances of backend %s failed: %s", name, exc)
+                backend_ok[name] = False
+        pending = self.pending_jobs()
+        unfinished = self._unfinished([r.name for r in records.values() if r.unit == self.unit])
+        return _Observation(
+            now=now,
+            records=records,
+            github=github,
+            github_ok=github_ok,
+            instances=instances,
+            backend_ok=backend_ok,
+            pending=pending,
+            unfinished=unfinished,
+        )
+
+    def _unfinished(self, names: list[str]) -> set[str]:
+        """Runners whose last job event says their job is in progress (two pipelined round trips)."""
+        if not names:
+            return set()
+        client = self.store.client
+
+        def fetch() -> set[str]:
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.get(f"{self._kp}:runnerjob:{name}")
+            job_ids = pipe.execute()
+            asked = [(n, j) for n, j in zip(names, job_ids, strict=True) if j]
+            if not asked:
+                return set()
+            pipe = client.pipeline(transaction=False)
+            for _name, job_id in asked:
+                pipe.hget(f"{self._kp}:job:{job_id}", "status")
+            statuses = pipe.execute()
+            return {n for (n, _j), s in zip(asked, statuses, strict=True) if s == "in_progress"}
+
+        return self._redis("runner jobs", fetch)
+
+    def _settle(self, obs: _Observation, *, flushing: bool = False) -> _Settled:
+        """Turn an observation into planner input; decide what the planner does not."""
+        out = _Settled()
+        now = obs.now
+        with self._inflight_lock:
+            creating = set(self._creating)
+            deleting = set(self._deleting)
+        for rec in obs.records.values():
+            if rec.unit != self.unit:
+                out.total_elsewhere += 1
+                out.owner_elsewhere[rec.owner] = out.owner_elsewhere.get(rec.owner, 0) + 1
+                continue
+            if rec.name in deleting:
+                continue
+            gh_ok = obs.github_ok.get(rec.owner, False)
+            gr = obs.github.get(rec.owner, {}).get(rec.name)
+            located = obs.instances.get(rec.name)
+            inst = located[1] if located else None
+            b_ok = (
+                obs.backend_ok.get(rec.backend, False) if rec.backend else obs.all_backends_ok
+            ) or inst is not None
+            if rec.state is RunnerState.DELETING:
+                out.resume.append(rec)
+                continue
+            state = rec.state
+            if state is RunnerState.CREATING:
+                if rec.name in creating or self._session_alive(rec):
+                    out.runners.append(
+                        ObservedRunner(
+                            name=rec.name, group=rec.group, owner=rec.owner, state=state,
+                            created_at=rec.created_at, github_id=gr.id if gr else rec.github_id,
+                            instance_exists=inst is not None, registered=False,
+                        )
+                    )  # fmt: skip
+                    continue
+                alive = inst is not None and inst.state in (InstanceState.RUNNING, InstanceState.PENDING)
+                if alive and gr is not None and located is not None:
+                    # its creator died after the instance started: adopt it
+                    if self.store.transition(
+                        rec.name, [RunnerState.CREATING], RunnerState.IDLE,
+                        backend=located[0], github_id=gr.id, session=self._session,
+                    ):  # fmt: skip
+                        logger.info("runner %s adopted from a dead creator", rec.name)
+                        state = RunnerState.IDLE
+                    else:
+                        continue
+                elif (gh_ok or rec.github_id is not None) and b_ok:
+                    out.stale.append(rec)
+                    continue
+                else:
+                    out.uncertain.add(rec.name)
+                    out.runners.append(
+                        ObservedRunner(
+                            name=rec.name, group=rec.group, owner=rec.owner, state=state,
+                            created_at=rec.created_at, instance_exists=True, registered=False,
+                        )
+                    )  # fmt: skip
+                    continue
+            if not gh_ok or not b_ok:
+                out.uncertain.add(rec.name)
+            busy_now = bool(gr and gr.busy)
+            online = bool(gr and gr.status == "online")
+            registered = rec.registered or online or busy_now or state is RunnerState.BUSY
+            if registered and not rec.registered:
+                self.store.update(rec.name, registered=True)
+            if (
+                busy_now
+                and state in (RunnerState.IDLE, RunnerState.OFFLINE)
+                and self.store.transition(rec.name, [state], RunnerState.BUSY)
+            ):
+                state = RunnerState.BUSY
+            husk = b_ok and (
+                inst is None or inst.state in (InstanceState.STOPPED, InstanceState.ERROR)
+            )
+            job_unfinished = rec.name in obs.unfinished
+            github_status: Any = gr.status if gr and gr.status in ("online", "offline") else None
+            if gr is not None and gr.status != "online" and registered:
+                self._offline_since.setdefault(rec.name, now)
+            else:
+                self._offline_since.pop(rec.name, None)
+            claimed = (
+                rec.job_id is not None and state in _WAITING and rec.job_id in obs.pending
+            )
+            if husk:
+                state, job_unfinished, busy_now = RunnerState.DONE, False, False
+            elif gh_ok and gr is None and state is not RunnerState.DONE:
+                # GitHub no longer knows it: an ephemeral runner that finished, or an expired JIT
+                state = RunnerState.DONE if registered else RunnerState.FAILED
+                job_unfinished, busy_now = False, False
+            elif claimed and not flushing:
+                age = now - rec.created_at
+                offline_for = now - self._offline_since.get(rec.name, now)
+                if (not registered and age > self.config.register_timeout) or (
+                    registered and offline_for > self.config.offline_timeout
+                ):
+                    state = RunnerState.FAILED
+                else:
+                    job_unfinished = True  # committed to its job: the planner must keep it
+            if not gh_ok:
+                github_status = "online" if registered else None
+            out.runners.append(
+                ObservedRunner(
+                    name=rec.name,
+                    group=rec.group,
+                    owner=rec.owner,
+                    state=state,
+                    created_at=rec.created_at,
+                    github_id=gr.id if gr else rec.github_id,
+                    github_status=github_status,
+                    github_busy=busy_now,
+                    instance_exists=inst is not None if b_ok else True,
+                    registered=registered,
+                    job_unfinished=job_unfinished,
+                    offline_since=self._offline_since.get(rec.name),
+                )
+            )
+        # instances with no record anywhere: adopt when GitHub knows them, else clean up
+        for name, (bname, inst) in obs.instances.items():
+            if name in obs.records or name in creating or name in deleting:
+                continue
+            gr = obs.github_runner(name)
+            if gr is not None:
+                self._adopt(name, bname, inst, gr)
+            elif obs.all_github_ok and obs.backend_ok.get(bname, False):
+                out.orphan_instances.append(name)
+        # GitHub runners with our prefix, no record and no instance: offline ones go
+        seen_now: set[tuple[str, int]] = set()
+        for owner, runners in obs.github.items():
+            if not obs.github_ok.get(owner) or not obs.all_backends_ok:
+                continue
+            for gr in runners.values():
+                if gr.name in obs.records or gr.name in obs.instances or gr.name in creating:
+                    continue
+                if gr.busy or (gr.status == "online" and not flushing):
+                    continue
+                key = (owner, gr.id)
+                seen_now.add(key)
+                self._orphan_names[key] = gr.name
+                first = self._orphan_seen.setdefault(key, now)
+                if flushing or now > first:
+                    out.orphan_github.append(key)
+        self._orphan_seen = {k: v for k, v in self._orphan_seen.items() if k in seen_now}
+        self._orphan_names = {k: v for k, v in self._orphan_names.items() if k in seen_now}
+        return out
+
+    def _adopt(self, name: str, backend: str, inst: Instance, gr: GitHubRunner) -> None:
+        """Rebuild the record of an instance GitHub knows but Redis does not (Redis was emptied)."""
+        group = inst.tags.get(TAG_GROUP) or name.removeprefix(f"{self.prefix}-").rpartition("-")[0]
+        owner = inst.tags.get(TAG_OWNER) or gr.owner
+        if not self.store.reserve_runners(
+            group, owner, [name], self.unit, group_cap=0, total_cap=0, owner_cap=0, backend=backend
+        ):
+            return
+        state = RunnerState.BUSY if gr.busy else RunnerState.IDLE
+        self.store.transition(
+            name, [RunnerState.CREATING], state, github_id=gr.id,
+            registered=gr.status == "online" or gr.busy, session=self._session,
+        )  # fmt: skip
+        logger.info("runner %s adopted: its record was rebuilt from %s and GitHub", name, backend)
+
+    # ------------------------------------------------------------------------- reconcile
+    def reconcile(self, quantity: int | None = None, resources: Sizing | None = None) -> int:
+        """Converge this unit's fleet once; returns runners intended minus runners existing.
+
+        Args:
+            quantity: idle runners wanted per group, overriding ``min_idle`` and pending jobs.
+            resources: size of the runners created by this pass (default: each group's size).
+
+        Raises:
+            StoreUnavailable: Redis failed. GitHubAuthError / AuthError: credentials were rejected.
+        """
+        started = time.monotonic()
+        try:
+            with self._unit_lock():
+                delta = self._reconcile(quantity, resources)
+        except Exception:
+            self.metrics.reconciles.labels(result="error").inc()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                self.publish_github_stats()
+        self.metrics.reconciles.labels(result="ok").inc()
+        self.metrics.reconcile_latency.observe(time.monotonic() - started)
+        return delta
+
+    @contextlib.contextmanager
+    def _unit_lock(self, wait: float = 120.0, ttl: float = 900.0) -> Iterator[None]:
+        """Serialise reconciles and flushes of this unit (threads here, and other processes of it).
+
+        The lock holds the holder's session; a lock left by a dead process of this unit (same host)
+        is broken at once, so a manager restarted after a SIGKILL does not wait for its expiry.
+
+        Raises:
+            StoreUnavailable: Redis failed, or a live process kept the lock for ``wait`` seconds.
+        """
+        key = f"{self._kp}:lock:reconcile:{self.unit}"
+        client = self.store.client
+        with self._reconcile_lock:
+            deadline = time.monotonic() + wait
+            while True:
+                if self._redis("unit lock", lambda: client.set(key, self._session, nx=True, px=int(ttl * 1000))):
+                    break
+                holder = self._redis("unit lock", lambda: client.get(key)) or ""
+                if holder and not self._session_alive_text(holder):
+                    logger.warning("breaking the reconcile lock of unit %s left by dead process %s", self.unit, holder)
+                    self._hdel_if(key, holder)
+                    continue
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(
+                        f"another process ({holder}) kept the reconcile lock of unit {self.unit} for {wait:g}s"
+                    )
+                time.sleep(0.2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    self._hdel_if(key, self._session)
+
+    def _hdel_if(self, key: str, value: str) -> None:
+        """Delete ``key`` only while it holds ``value``."""
+        self._redis("unit lock", lambda: self._del_if(keys=[key], args=[value]))
+
+    def _session_alive_text(self, session: str) -> bool:
+        if session == self._session:
+            return True
+        pid_text, _, start = session.partition(":")
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return True  # not ours to judge
+        return _proc_start(pid) == start
+
+    def _reconcile(self, quantity: int | None, resources: Sizing | None) -> int:
+        self.heartbeat()
+        self._adopt_pending()
+        obs = self._observe()
+        self._prune_pending(obs)
+        settled = self._settle(obs)
+        futures: list[Future[Any]] = []
+        for rec in settled.stale:
+            futures.append(self._submit(self._remove_stale, rec, obs))
+        for rec in settled.resume:
+            futures.append(self._submit(self._delete_runner, rec.name, "resume", allow_busy=True))
+        demands = self._demands(obs, quantity)
+        inp = planner.PlanInput(
+            demands=demands,
+            runners=settled.runners,
+            orphan_instances=settled.orphan_instances,
+            orphan_github_runners=settled.orphan_github,
+            max_total_runners=self.config.max_total_runners,
+            per_owner_max_runners=self.config.per_owner_max_runners,
+            owner_counts_elsewhere=settled.owner_elsewhere,
+            total_elsewhere=settled.total_elsewhere,
+            now=obs.now,
+            register_timeout=self.config.register_timeout,
+            offline_timeout=self.config.offline_timeout,
+            flush="none",
+        )
+        plan = planner.plan(inp)
+        for delete in plan.deletes:
+            if delete.name in settled.uncertain and delete.reason != "done":
+                logger.info("delete of %s (%s) skipped: uncertain data this cycle", delete.name, delete.reason)
+                continue
+            futures.append(self._submit(self._delete_runner, delete.name, delete.reason))
+        for name in plan.cleanups:
+            futures.append(self._submit(self._cleanup_instance, name))
+        for owner, runner_id in plan.github_removals:
+            futures.append(self._submit(self._remove_github_runner, owner, runner_id))
+        created = 0
+        for create in plan.creates:
+            group = self._group(create.group)
+            if group is None:
+                continue
+            names = self._create_runners(group, GitHubPath.parse(create.owner), create.count, sizing=resources, reason=create.reason, wait=False)
+            created += len(names)
+        dedicated = self._serve_dedicated(obs)
+        self._wait(futures)
+        self.wait_idle()
+        logger.info(
+            "reconcile unit=%s: %d runners, +%d created (%d for sized jobs), -%d deleted, %d orphan "
+            "instances, %d orphan GitHub runners, %d stale creations",
+            self.unit, len(settled.runners), created, dedicated, len(plan.deletes), len(plan.cleanups),
+            len(plan.github_removals), len(settled.stale),
+        )  # fmt: skip
+        return plan.delta + dedicated
+
+    def _demands(self, obs: _Observation, quantity: int | None) -> list[planner.GroupDemand]:
+        pending: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for job in obs.pending.values():
+            if job.unit == self.unit and not job.tokens:
+                pending[job.group][job.owner] += 1
+        demands = []
+        for group in self.config.runner_groups:
+            by_owner = dict(pending.get(group.name, {}))
+            demands.append(
+                planner.GroupDemand(
+                    group=group,
+                    pending_jobs=sum(by_owner.values()),
+                    quantity=quantity,
+                    owners=tuple(str(p) for p in self.config.group_paths(group)),
+                    pending_by_owner=by_owner,
+                )
+            )
+        return demands
+
+    def _serve_dedicated(self, obs: _Observation) -> int:
+        """Create a runner for each pending sized job of this unit that has no live runner of its own."""
+        claimed = {
+            r.job_id
+            for r in obs.records.values()
+            if r.job_id is not None and r.state in _WAITING
+        }
+        count = 0
+        for job in sorted(obs.pending.values(), key=lambda j: j.queued_at):
+            if job.unit != self.unit or not job.tokens or job.job_id in claimed:
+                continue
+            if self._ensure_dedicated(job, wait=False):
+                count += 1
+        return count
+
+    def _adopt_pending(self) -> None:
+        """Take over pending jobs of units whose heartbeat lapsed (a dead unit owes them a runner)."""
+        for job in self.pending_jobs().values():
+            if job.unit == self.unit or self._unit_alive(job.unit):
+                continue
+            adopted = PendingJob(**{**asdict(job), "unit": self.unit, "runner": None})
+            if self._pending_replace(job, adopted):
+                logger.info("pending job %d adopted from unit %s (no heartbeat)", job.job_id, job.unit)
+
+    def _prune_pending(self, obs: _Observation) -> None:
+        """Drop pending jobs that started, finished or aged out, and release their runners' claims."""
+        if not obs.pending:
+            return
+        ids = list(obs.pending)
+
+        def fetch() -> list[Any]:
+            pipe = self.store.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(f"{self._kp}:job:{job_id}", "status")
+            return list(pipe.execute())
+
+        statuses = self._redis("job statuses", fetch)
+        for job_id, status in zip(ids, statuses, strict=True):
+            job = obs.pending[job_id]
+            if status in ("in_progress", "completed") or obs.now - job.queued_at > _PENDING_MAX_AGE:
+                self._drop_pending(job_id, obs)
+
+    def _drop_pending(self, job_id: int, obs: _Observation | None = None) -> PendingJob | None:
+        job = self._pending_pop(job_id)
+        if obs is not None:
+            obs.pending.pop(job_id, None)
+        if job is not None:
+            self._release_claims(job_id)
+        return job
+
+    def _release_claims(self, job_id: int, keep: str | None = None) -> None:
+        """Runners reserved for ``job_id`` but still waiting become ordinary runners again."""
+        for rec in self.store.list_runners():
+            if rec.job_id == job_id and rec.state in _WAITING and rec.name != keep:
+                self.store.update(rec.name, job_id=None)
+                logger.info("runner %s released from job %d", rec.name, job_id)
+
+    # ------------------------------------------------------------------------------ acting
+    def _submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._pool.submit(self._guarded, func, *args, **kwargs)
+
+    @staticmethod
+    def _guarded(func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
+        try:
+            return func(*args, **kwargs)
+        except (StoreUnavailable, GitHubError, BackendError) as exc:
+            logger.warning("%s failed: %s", getattr(func, "__name__", func), exc)
+        except Exception:
+            logger.exception("%s failed unexpectedly", getattr(func, "__name__", func))
+        return None
+
+    @staticmethod
+    def _wait(futures: Iterable[Future[Any]]) -> None:
+        for future in futures:
+            with contextlib.suppress(Exception):
+                future.result()
+
+    def wait_idle(self, timeout: float = 600.0) -> bool:
+        """Wait until no create or delete started by this process is running; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._inflight_lock:
+                if not self._creating and not self._deleting:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _create_runners(
+        self,
+        group: RunnerGroup,
+        path: GitHubPath,
+        count: int,
+        *,
+        sizing: Sizing | None = None,
+        job: PendingJob | None = None,
+        reason: str = "",
+        wait: bool = True,
+    ) -> list[str]:
+        """Reserve ``count`` records within the caps, then create those runners (concurrently)."""
+        if count <= 0:
+            return []
+        names = [self._new_name(group.name) for _ in range(count)]
+        with self._inflight_lock:
+            self._creating.update(names)
+        try:
+            reserved = self.store.reserve_runners(
+                group.name,
+                str(path),
+                names,
+                self.unit,
+                group_cap=group.max_runners,
+                total_cap=self.config.max_total_runners,
+                owner_cap=self.config.per_owner_max_runners,
+                backend=group.backend_order[0],
+            )
+        except Exception:
+            with self._inflight_lock:
+                self._creating.difference_update(names)
+            raise
+        with self._inflight_lock:
+            self._creating.difference_update(set(names) - set(reserved))
+        fields: dict[str, object] = {"session": self._session}
+        if job is not None:
+            fields["job_id"] = job.job_id
+            if job.tokens:
+                fields["runson"] = " ".join(f"{k}={v}" for k, v in sorted(job.tokens.items()))
+        for name in reserved:
+            try:
+                self.store.update(name, **fields)
+            except Exception:
+                with self._inflight_lock:
+                    self._creating.difference_update(reserved)
+                raise
+        if len(reserved) < count:
+            logger.info(
+                "group %s at a cap: %d of %d runners reserved (%s)", group.name, len(reserved), count, reason
+            )
+        futures = []
+        for name in reserved:
+            futures.append(self._submit(self._create_one, name, group, path, sizing, job))
+        if wait:
+            self._wait(futures)
+        return reserved
+
+    def _create_one(
+        self, name: str, group: RunnerGroup, path: GitHubPath, sizing: Sizing | None, job: PendingJob | None
+    ) -> bool:
+        """Register, render and start one reserved runner; undo everything on failure."""
+        jit = None
+        instance_backend: str | None = None
+        try:
+            extra_labels: list[str] = []
+            runson: dict[str, str] = {}
+            if job is not None:
+                extra_labels = list(job.labels)
+                runson = dict(job.tokens)
+            labels = runner_labels(group, extra_labels)
+            group_id = self._runner_group_id(group, path)
+            jit = self.github.generate_jit_config(path, name, labels, group_id)
+            self.store.update(name, github_id=jit.runner_id)
+            size = sizing or Sizing(cpu=group.cpu, memory=group.memory, disk=group.disk)
+            tags = {TAG_PREFIX: self.prefix, TAG_UNIT: self.unit, TAG_GROUP: group.name, TAG_OWNER: str(path)}
+            last: BackendError | None = None
+            for bname in group.backend_order:
+                backend = self.backend(bname)
+                context = build_context(
+                    self.config, runner_name=name, group=group, path=path, jit_config=jit.encoded,
+                    labels=labels, runson=runson, repo=job.repo if job else None,
+                    info=f"unit {self.unit}, group {group.name}", sizing=size, backend=bname,
+                )  # fmt: skip
+                spec = InstanceSpec(
+                    name=name, group=group.name, image=group.image, cpu=size.cpu, memory=size.memory,
+                    disk=size.disk, user_data=render_user_data(context), jit_config=jit.encoded, tags=tags,
+                )  # fmt: skip
+                try:
+                    with self.metrics.backend_call(bname, "create"):
+                        backend.create(spec)
+                except CapacityError as exc:
+                    logger.warning("backend %s has no capacity for %s: %s; trying the next", bname, name, exc)
+                    self.store.incr(f"backend_capacity_{bname}")
+                    last = exc
+                    continue
+                instance_backend = bname
+                break
+            if instance_backend is None:
+                raise last or BackendError(f"no backend could create {name}")
+            self.store.update(name, backend=instance_backend)
+            if not self.store.transition(name, [RunnerState.CREATING], RunnerState.IDLE):
+                rec = self.store.get_runner(name)
+                if rec is None or rec.state is RunnerState.DELETING:
+                    raise BackendError(f"runner {name} was removed while it was being created")
+            logger.info(
+                "runner %s created in group %s at %s on %s%s", name, group.name, path, instance_backend,
+                f" for job {job.job_id}" if job else "",
+            )  # fmt: skip
+            return True
+        except Exception as exc:
+            logger.warning("creating runner %s failed: %s", name, exc)
+            self.store.incr("runner_create_failures")
+            self._undo_create(name, path, jit.runner_id if jit else None, instance_backend)
+            if not isinstance(exc, GitHubError | BackendError | StoreUnavailable):
+                raise
+            return False
+        finally:
+            with self._inflight_lock:
+                self._creating.discard(name)
+
+    def _undo_create(self, name: str, path: GitHubPath, github_id: int | None, backend: str | None) -> None:
+        with contextlib.suppress(Exception):
+            if backend is not None:
+                self.backend(backend).delete(name)
+        try:
+            if github_id is not None:
+                self.github.delete_runner(path, github_id)
+            self.store.delete_runner(name)
+        except Exception as exc:  # the stale-creation sweep settles it on the next reconcile
+            logger.warning("cleanup after the failed create of %s incomplete: %s", name, exc)
+
+    def _runner_group_id(self, group: RunnerGroup, path: GitHubPath) -> int:
+        if path.kind == "org":
+            return self.github.runner_group_id(path.owner, group.runner_group)
+        return 1
+
+    def _remove_stale(self, rec: RunnerRecord, obs: _Observation) -> None:
+        """Settle a ``creating`` record whose creator died: remove its instance, GitHub runner, record."""
+        with self.store.lease(f"delete:{rec.name}", ttl=120) as mine:
+            if not mine:
+                return
+            located = obs.instances.get(rec.name)
+            if located is not None:
+                self.backend(located[0]).delete(rec.name)
+            gr = obs.github_runner(rec.name)
+            github_id = gr.id if gr else rec.github_id
+            if github_id is not None:
+                self.github.delete_runner(GitHubPath.parse(rec.owner), github_id)
+            self.store.delete_runner(rec.name)
+            logger.info("runner %s: abandoned creation cleaned up", rec.name)
+
+    def _delete_runner(self, name: str, reason: str, *, allow_busy: bool = False) -> bool:
+        """Delete one runner: instance, then GitHub runner, then record. False when it is kept."""
+        with self._inflight_lock:
+            if name in self._deleting:
+                return False
+            self._deleting.add(name)
+        try:
+            with self.store.lease(f"delete:{name}", ttl=300) as mine:
+                if not mine:
+                    return False
+                return self._delete_locked(name, reason, allow_busy)
+        finally:
+            with self._inflight_lock:
+                self._deleting.discard(name)
+
+    def _delete_locked(self, name: str, reason: str, allow_busy: bool) -> bool:
+        rec = self.store.get_runner(name)
+        if rec is None:
+            return False
+        path = GitHubPath.parse(rec.owner)
+        husk = reason in ("done", "resume")
+        if not allow_busy and not husk:
+            if rec.state is RunnerState.BUSY or self.jobqueue.runner_job_unfinished(name):
+                logger.info("runner %s not deleted (%s): its job is unfinished", name, reason)
+                return False
+            if rec.github_id is not None:
+                current = self.github.get_runner(path, rec.github_id)
+                if current is not None and current.busy:
+                    logger.info("runner %s not deleted (%s): GitHub reports it busy", name, reason)
+                    self.store.transition(name, [rec.state], RunnerState.BUSY)
+                    return False
+        froms = [s for s in RunnerState if allow_busy or husk or s is not RunnerState.BUSY]
+        if not self.store.transition(name, froms, RunnerState.DELETING):
+            return False
+        backends = [rec.backend] if rec.backend else self._backend_names()
+        for bname in backends:
+            with self.metrics.backend_call(bname, "delete"):
+                self.backend(bname).delete(name)
+        if rec.github_id is not None:
+            self.github.delete_runner(path, rec.github_id)
+        else:
+            for gr in self.github.list_runners(path):
+                if gr.name == name:
+                    self.github.delete_runner(path, gr.id)
+        self.store.delete_runner(name)
+        self._offline_since.pop(name, None)
+        logger.info("runner %s deleted (%s)", name, reason)
+        return True
+
+    def _cleanup_instance(self, name: str) -> bool:
+        """Delete an instance no record or GitHub runner knows (with the runner's lease)."""
+        with self.store.lease(f"delete:{name}", ttl=300) as mine:
+            if not mine or self.store.get_runner(name) is not None:
+                return False
+            for bname in self._backend_names():
+                with self.metrics.backend_call(bname, "delete"):
+                    self.backend(bname).delete(name)
+            logger.info("orphan instance %s deleted", name)
+            return True
+
+    def _remove_github_runner(self, owner: str, runner_id: int) -> bool:
+        name = self._orphan_names.get((owner, runner_id))
+        if name is not None and self.store.get_runner(name) is not None:
+            return False  # a record appeared meanwhile: it is being created, not an orphan
+        removed = self.github.delete_runner(GitHubPath.parse(owner), runner_id)
+        logger.info("orphan GitHub runner %s at %s removed", runner_id, owner)
+        return removed
+
+    # ------------------------------------------------------------------------------- flush
+    def flush(self, flush_busy: bool = True) -> int:
+        """Delete this unit's runners (busy ones too when ``flush_busy``); returns how many were removed.
+
+        Orphan instances and orphan GitHub runners go as well. Nothing is created.
+        """
+        with self._unit_lock():
+            self.heartbeat()
+            obs = self._observe()
+            settled = self._settle(obs, flushing=True)
+            inp = planner.PlanInput(
+                demands=[],
+                runners=settled.runners,
+                orphan_instances=settled.orphan_instances,
+                orphan_github_runners=settled.orphan_github,
+                max_total_runners=self.config.max_total_runners,
+                per_owner_max_runners=self.config.per_owner_max_runners,
+                owner_counts_elsewhere=settled.owner_elsewhere,
+                total_elsewhere=settled.total_elsewhere,
+                now=obs.now,
+                register_timeout=self.config.register_timeout,
+                offline_timeout=self.config.offline_timeout,
+                flush="busy" if flush_busy else "idle",
+            )
+            plan = planner.plan(inp)
+            runner_futures = [
+                self._submit(self._delete_runner, d.name, "flush", allow_busy=flush_busy) for d in plan.deletes
+            ]
+            runner_futures += [self._submit(self._delete_runner, r.name, "resume", allow_busy=True) for r in settled.resume]
+            runner_futures += [self._submit(self._remove_stale, r, obs) for r in settled.stale]
+            cleanup_futures = [self._submit(self._cleanup_instance, n) for n in plan.cleanups]
+            removal_futures = [self._submit(self._remove_github_runner, o, i) for o, i in plan.github_removals]
+            removed = sum(1 for f in runner_futures + cleanup_futures if f.result())
+            self._wait(removal_futures)
+            self.wait_idle()
+        with contextlib.suppress(Exception):
+            self.publish_github_stats()
+        logger.info("flush (%s) removed %d runners of unit %s", "busy" if flush_busy else "idle", removed, self.unit)
+        return removed
+
+    # -------------------------------------------------------------------------- job events
+    def handle_job_event(self, event: JobEvent) -> None:
+        """Act on one ``workflow_job`` event (see the module docstring)."""
+        if event.action == "queued":
+            self.job_queued(event.job_id, event.repo, event.labels, event.created_at)
+        elif event.action == "in_progress":
+            self._job_started(event)
+        elif event.action == "completed":
+            self._job_completed(event)
+        else:
+            logger.debug("workflow_job %d action %s ignored", event.job_id, event.action)
+
+    def job_queued(
+        self, job_id: int, repo: str, labels: Iterable[str], queued_at: float, *, source: str = "webhook"
+    ) -> str | None:
+        """A job waits for a runner: record it and make sure one exists; returns its group (or None)."""
+        known = self.jobqueue.job_status(job_id)
+        if known and known.get("status") in ("in_progress", "completed"):
+            return None
+        labels = tuple(labels)
+        request = labels_mod.parse_runs_on(labels)
+        group = labels_mod.match_group(request, self.config.runner_groups)
+        if group is None:
+            self.metrics.jobs_unmatched.inc()
+            self.store.incr("jobs_unmatched")
+            logger.info("job %d of %s (runs-on %s) matches no runner group; ignored", job_id, repo, list(labels))
+            return None
+        try:
+            sizing = labels_mod.size_for(request, group)
+        except SizingRefused as exc:
+            self.metrics.jobs_refused.labels(group=group.name, reason="sizing").inc()
+            self.store.incr("jobs_refused")
+            logger.warning("job %d of %s refused: %s", job_id, repo, exc)
+            return None
+        path = self._path_for(group, repo)
+        if path is None:
+            self.metrics.jobs_unmatched.inc()
+            self.store.incr("jobs_unmatched")
+            logger.info("job %d: no target of group %s serves repository %s; ignored", job_id, group.name, repo)
+            return None
+        job = PendingJob(
+            job_id=job_id, repo=repo, labels=labels, queued_at=queued_at, unit=self.unit,
+            group=group.name, owner=str(path), tokens=dict(request.tokens),
+        )  # fmt: skip
+        if not self._pending_add(job):
+            existing = self._pending_get(job_id)
+            if existing is None or existing.unit != self.unit:
+                return group.name  # another unit serves it (or it just started)
+            job = existing
+        else:
+            self.metrics.job_event("queued", group.name)
+            logger.info("job %d of %s queued for group %s at %s (%s)", job_id, repo, group.name, path, source)
+        if job.tokens:
+            self._ensure_dedicated(job, sizing=sizing, wait=False)
+        else:
+            self._ensure_generic(group, path)
+        return group.name
+
+    def _ensure_generic(self, group: RunnerGroup, path: GitHubPath) -> int:
+        """Create runners now when this unit's waiting runners are fewer than its pending jobs."""
+        owner = str(path)
+        with self._group_locks[(group.name, owner)]:
+            waiting = [
+                r
+                for r in self.store.list_runners(group.name)
+                if r.unit == self.unit and r.owner == owner and r.state in _WAITING and r.job_id is None
+            ]
+            pending = [
+                j
+                for j in self.pending_jobs().values()
+                if j.unit == self.unit and j.group == group.name and j.owner == owner and not j.tokens
+            ]
+            need = len(pending) - len(waiting)
+            if need <= 0:
+                return 0
+            return len(self._create_runners(group, path, need, reason="job", wait=False))
+
+    def _ensure_dedicated(self, job: PendingJob, *, sizing: Sizing | None = None, wait: bool = False) -> bool:
+        """Create the runner a sized job needs, unless it has one already."""
+        group = self._group(job.group)
+        if group is None:
+            return False
+        with self._group_locks[(group.name, f"job:{job.job_id}")]:
+            for rec in self.store.list_runners(group.name):
+                if rec.job_id == job.job_id and rec.state in _WAITING:
+                    return False
+            if sizing is None:
+                try:
+                    sizing = labels_mod.size_for(labels_mod.parse_runs_on(job.labels), group)
+                except SizingRefused:
+                    self._pending_pop(job.job_id)
+                    return False
+            names = self._create_runners(
+                group, GitHubPath.parse(job.owner), 1, sizing=sizing, job=job, reason="sized job", wait=wait
+            )
+            if names:
+                self._pending_replace(job, PendingJob(**{**asdict(job), "runner": names[0]}))
+            return bool(names)
+
+    def _job_started(self, event: JobEvent) -> None:
+        job = self._pending_pop(event.job_id)
+        name = event.runner_name
+        rec = self.store.get_runner(name) if name else None
+        group = (job.group if job else None) or (rec.group if rec else None) or self._match(event.labels)
+        lost_claim: int | None = None
+        if rec is not None and name is not None:
+            if rec.job_id is not None and rec.job_id != event.job_id and rec.state in _WAITING:
+                lost_claim = rec.job_id
+            self.store.transition(
+                name, [*_WAITING, RunnerState.OFFLINE], RunnerState.BUSY, job_id=event.job_id, registered=True
+            )
+        if job is not None:
+            self._release_claims(event.job_id, keep=name)
+        if lost_claim is not None:
+            other = self._pending_get(lost_claim)
+            if other is not None and other.unit == self.unit and other.tokens:
+                self._ensure_dedicated(other, wait=False)
+        if group is not None:
+            status = self.jobqueue.job_status(event.job_id) or {}
+            started = status.get("started_at") or event.received_at
+            queued = status.get("queued_at") or event.created_at
+            latency = max(0.0, float(started) - float(queued))
+            self.store.record_pickup(group, latency)
+            self.metrics.observe_pickup(group, latency)
+            self.metrics.job_event("in_progress", group)
+            logger.info("job %d started on %s (group %s) after %.1fs", event.job_id, name, group, latency)
+
+    def _job_completed(self, event: JobEvent) -> None:
+        job = self._pending_pop(event.job_id)
+        if job is not None:
+            self._release_claims(event.job_id)
+        name = event.runner_name
+        rec = self.store.get_runner(name) if name else None
+        group_name = (rec.group if rec else None) or (job.group if job else None) or self._match(event.labels)
+        self.metrics.job_event("completed", group_name, event.conclusion)
+        if rec is None or name is None:
+            return
+        group = self._group(rec.group)
+        if group is not None and not group.ephemeral:
+            self.store.transition(name, [RunnerState.BUSY], RunnerState.IDLE, job_id=None)
+            return
+        self.store.transition(
+            name, [*_WAITING, RunnerState.BUSY, RunnerState.OFFLINE], RunnerState.DONE, job_id=event.job_id
+        )
+        if rec.unit == self.unit:
+            self._submit(self._await_husk, name)
+
+    def _match(self, labels: Iterable[str]) -> str | None:
+        group = labels_mod.match_group(labels_mod.parse_runs_on(labels), self.config.runner_groups)
+        return group.name if group else None
+
+    def _remove_if_stopped(self, name: str, force: bool = False) -> bool:
+        """Remove a done runner of this unit once its instance stopped (or ``force``)."""
+        rec = self.store.get_runner(name)
+        if rec is None or rec.state is not RunnerState.DONE or rec.unit != self.unit:
+            return False
+        if not force:
+            try:
+                inst = self.backend(rec.backend).get(name) if rec.backend else None
+            except InstanceNotFound:
+                inst = None
+            if inst is not None and inst.state not in (InstanceState.STOPPED, InstanceState.ERROR):
+                return False
+        return self._delete_runner(name, "done")
+
+    def _await_husk(self, name: str, timeout: float = 5.0) -> bool:
+        """After its job: remove the runner as soon as its instance powered off, then serve waiting jobs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._remove_if_stopped(name):
+                self.serve_pending()
+                return True
+            if time.monotonic() > deadline:
+                return False  # the sweeper or the next reconcile takes it
+            time.sleep(0.1)
+
+    def serve_pending(self) -> int:
+        """Make sure of runners for this unit's pending jobs now (e.g. once a husk freed a slot).
+
+        Needs no GitHub listing: generic jobs are counted against waiting runners, sized jobs get their
+        own runner. Returns how many runners were started.
+        """
+        mine = [j for j in self.pending_jobs().values() if j.unit == self.unit]
+        if not mine:
+            return 0
+        started = 0
+        for group_name, owner in sorted({(j.group, j.owner) for j in mine if not j.tokens}):
+            group = self._group(group_name)
+            if group is not None:
+                started += self._ensure_generic(group, GitHubPath.parse(owner))
+        claimed = {r.job_id for r in self.store.list_runners() if r.job_id is not None and r.state in _WAITING}
+        for job in sorted(mine, key=lambda j: j.queued_at):
+            if job.tokens and job.job_id not in claimed and self._ensure_dedicated(job):
+                started += 1
+        return started
+
+    def sweep_done(self) -> int:
+        """Remove this unit's done runners whose instance stopped (or that are done for long)."""
+        removed = 0
+        now = self.clock()
+        for rec in self.store.list_runners():
+            if rec.unit != self.unit or rec.state is not RunnerState.DONE:
+                continue
+            try:
+                if self._remove_if_stopped(rec.name, force=now - rec.updated_at > _DONE_GRACE):
+                    removed += 1
+            except (BackendError, GitHubError) as exc:
+                logger.warning("removing done runner %s failed: %s", rec.name, exc)
+        if removed:
+            self.serve_pending()
+        return removed
+
+    # -------------------------------------------------------------------------------- poll
+    def _poll_repos(self) -> list[str]:
+        repos: list[str] = []
+        for path in self.config.github.paths:
+            if path.kind == "repo":
+                repos.append(str(path))
+            elif path.kind == "org":
+                repos.extend(self.github.list_org_repos(path.owner))
+        return list(dict.fromkeys(repos))
+
+    def poll_queued_jobs(self) -> int:
+        """The safety net for lost webhooks: serve queued jobs no event told us about.
+
+        One unit polls per interval (a lease); requests are conditional, so an unchanged world costs
+        no rate-limit unit. Returns the number of jobs found that were not known.
+        """
+        interval = self.config.github.poll_interval
+        with self.store.lease("poll", ttl=max(1.0, interval * 0.8)) as mine:
+            if not mine:
+                return 0
+            repos = self._poll_repos()
+            jobs = self.github.queued_jobs(repos)
+        queued_ids = {j.id for j in jobs}
+        pending = self.pending_jobs()
+        found = 0
+        for job in jobs:
+            if job.id in pending:
+                continue
+            if self.job_queued(job.id, job.repo, job.labels, job.created_at, source="poll") is not None:
+                found += 1
+        now = self.clock()
+        polled = set(repos)
+        stale_after = max(_PENDING_STALE, 2 * interval)
+        for job_id, entry in pending.items():
+            if job_id not in queued_ids and entry.repo in polled and now - entry.queued_at > stale_after:
+                logger.info("pending job %d is no longer queued on GitHub; dropped", job_id)
+                self._drop_pending(job_id)
+        with contextlib.suppress(Exception):
+            self.publish_github_stats()
+        if found:
+            logger.info("poll found %d queued jobs no webhook announced", found)
+        return found
+
+    # -------------------------------------------------------------------------- reporting
+    def get_github_info(self) -> Iterator[RunnerInfo]:
+        """Every runner with this fleet's prefix that GitHub lists, joined with its record."""
+        records = {r.name: r for r in self.store.list_runners()}
+        for path in self._paths():
+            for gr in self.github.list_runners(path):
+                if not gr.name.startswith(f"{self.prefix}-"):
+                    continue
+                rec = records.get(gr.name)
+                yield RunnerInfo(
+                    name=gr.name,
+                    owner=str(path),
+                    github_id=gr.id,
+                    status=gr.status,
+                    busy=gr.busy,
+                    labels=gr.labels,
+                    group=rec.group if rec else None,
+                    state=rec.state.value if rec else None,
+                    unit=rec.unit if rec else None,
+                    backend=rec.backend if rec else None,
+                )
+
+    def statistics(self) -> dict[str, GroupStatistics]:
+        """Per group: runners by state (fleet-wide), queued jobs, pickup latency, GitHub calls spent."""
+        counts = self.store.counts()
+        counters = self.store.counters()
+        budget = self._redis("github budget", lambda: self.store.client.hgetall(f"{self._kp}:github"))
+        remaining = int(float(budget["remaining"])) if budget.get("remaining") else None
+        queued: dict[str, int] = defaultdict(int)
+        for job in self.pending_jobs().values():
+            queued[job.group] += 1
+        out: dict[str, GroupStatistics] = {}
+        names = [g.name for g in self.config.runner_groups] + sorted(set(counts) - {g.name for g in self.config.runner_groups})
+        for name in names:
+            group = self._group(name)
+            by_state = counts.get(name, {})
+            pickup = self.store.pickup_percentiles(name)
+            main = ("idle", "busy", "creating", "offline")
+            out[name] = GroupStatistics(
+                group=name,
+                idle=by_state.get("idle", 0),
+                busy=by_state.get("busy", 0),
+                creating=by_state.get("creating", 0),
+                offline=by_state.get("offline", 0),
+                other=sum(v for k, v in by_state.items() if k not in main),
+                total=sum(by_state.values()),
+                max_runners=group.max_runners if group else 0,
+                min_idle=group.min_idle if group else 0,
+                queued_jobs=queued.get(name, 0),
+                pickup_count=int(pickup.get("count") or 0),
+                pickup_p50=_opt_float(pickup.get("p50")),
+                pickup_p95=_opt_float(pickup.get("p95")),
+                pickup_max=_opt_float(pickup.get("max")),
+                github_requests=counters.get("github_requests", 0),
+                github_rate_limit_units=counters.get("github_rate_limit_units", 0),
+                github_not_modified=counters.get("github_not_modified", 0),
+                github_remaining=remaining,
+            )
+        self.metrics.set_runner_counts(counts)
+        return out
+
+    def info(self) -> str:
+        """The statistics as a human-readable table (text)."""
+        return render_statistics(self.statistics(), self.store.counters())
+
+    # ----------------------------------------------------------------------- runner binary
+    @property
+    def binary_cache(self) -> RunnerBinaryCache:
+        """The runner application cache under ``state_dir/runner-binary``."""
+        if self._binary_cache is None:
+            self._binary_cache = RunnerBinaryCache(
+                self.config.state_dir / "runner-binary", self.github, self.config.github.paths[0]
+            )
+        return self._binary_cache
+
+    def _runner_tarball(self) -> Path | None:
+        current = self.binary_cache.current()
+        if current is None:
+            current = self.binary_cache.update()
+        return current.path
+
+    def check_runner_bin(self) -> bool:
+        """True when GitHub offers a newer runner application than the cached one (or none is cached)."""
+        return self.binary_cache.check()
+
+    def get_latest_runner_bin_url(self, os_name: str = "linux", arch: str | None = None) -> RunnerApplication:
+        """The newest runner application GitHub offers for ``os_name``/``arch``."""
+        return self.binary_cache.latest(os_name, arch)
+
+    def update_runner_bin(self, binary: RunnerApplication | None = None) -> RunnerBinary:
+        """Download (sha256-verified) the given or the latest runner application into the cache."""
+        return self.binary_cache.update(binary)
+
+    # ------------------------------------------------------------------------------ images
+    def build_runner_image(self) -> ImageBuildResult:
+        """Build the runner image with the cached (verified) runner application baked in.
+
+        Raises:
+            ImageBuildUnavailable: the image module cannot be used here.
+            ImageBuildError: the build failed (the previous image stays in place).
+        """
+        try:
+            from github_runner_manager import image
+        except ImportError as exc:  # pragma: no cover - image.py ships with the package
+            raise ImageBuildUnavailable(f"image building is unavailable: {exc}") from None
+        binary = self.binary_cache.current() or self.update_runner_bin()
+        options = image.ImageBuildOptions(
+            runner_sha256=binary.sha256,
+            runner_tarball=binary.path,
+            runner_version=binary.version,
+            cache_dir=self.config.state_dir / "image-cache",
+            output_dir=self.config.state_dir / "images",
+            templates_dir=self.config.templates_dir,
+        )
+        return image.build_runner_image(options)
+
+    def schedule_build_runner_image(
+        self, interval_hours: int = 6, *, path: Path | None = None, log: Path | None = None
+    ) -> Path:
+        """Install the cron entry that rebuilds the image every ``interval_hours`` (idempotent)."""
+        try:
+            from github_runner_manager import image
+        except ImportError as exc:  # pragma: no cover
+            raise ImageBuildUnavailable(f"image building is unavailable: {exc}") from None
+        if self.config_path is None:
+            raise ImageBuildUnavailable("scheduling image builds needs the manager's config file path")
+        exe = shutil.which("github-runner-manager") or str(Path(sys.executable).with_name("github-runner-manager"))
+        command = [exe, "--config", str(self.config_path), "build-image"]
+        return image.schedule_build_runner_image(
+            interval_hours,
+            command,
+            path or image.CRON_PATH,
+            log or image.CRON_LOG,
+            templates_dir=self.config.templates_dir,
+        )
+
+    # ------------------------------------------------------------------------------- serve
+    def serve(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set: webhook server, job consumers, reconcile loop, poll, sweeper."""
+        from github_runner_manager.service import ManagerService
+
+        ManagerService(self).run(stop)
+
+
+def _opt_float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def render_statistics(stats: Mapping[str, GroupStatistics], counters: Mapping[str, int] | None = None) -> str:
+    """A rich table of per-group statistics, rendered to plain text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
+    table = Table(title="runner groups", title_justify="left")
+    for column in ("group", "idle", "busy", "creating", "offline", "other", "total/max", "min idle",
+                   "queued jobs", "pickup p50", "pickup p95", "pickups"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for s in stats.values():
+        table.add_row(
+            s.group, str(s.idle), str(s.busy), str(s.creating), str(s.offline), str(s.other),
+            f"{s.total}/{s.max_runners}", str(s.min_idle), str(s.queued_jobs), secs(s.pickup_p50),
+            secs(s.pickup_p95), str(s.pickup_count),
+        )  # fmt: skip
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=140, color_system=None, force_terminal=False)
+    console.print(table)
+    first = next(iter(stats.values()), None)
+    if first is not None:
+        remaining = "unknown" if first.github_remaining is None else str(first.github_remaining)
+        console.print(
+            f"GitHub calls spent: {first.github_requests} requests, {first.github_rate_limit_units} "
+            f"rate-limit units, {first.github_not_modified} answered 304 (free); remaining budget {remaining}"
+        )
+    if counters:
+        unmatched, refused = counters.get("jobs_unmatched", 0), counters.get("jobs_refused", 0)
+        failures = counters.get("runner_create_failures", 0)
+        console.print(f"jobs unmatched: {unmatched}, refused by sizing policy: {refused}, failed creates: {failures}")
+    return buffer.getvalue()

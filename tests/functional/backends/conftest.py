@@ -1,0 +1,413 @@
+"""The real parts behind the backend contract suite, one session fixture each.
+
+* ``dockerd`` -- a Docker daemon: ``$GHRM_TEST_DOCKER_HOST`` if set, else the one
+  ``scripts/start-dockerd.sh`` starts (when that script exists), else a private ``dockerd`` started
+  here with its own data/exec roots, pid file and socket under the session's tmp dir and its own
+  bridge (no iptables changes, no IP forwarding), stopped at the end. The contract image is
+  ``docker import``-ed from the cached test root filesystem.
+* ``moto`` -- ``moto_server`` on a free loopback port.
+* ``vcsim`` -- ``scripts/build-vcsim.sh`` builds it once into ``/var/cache/github-runner-tests/vcsim``;
+  it serves on a port of its own choosing (printed on stdout), so no port race.
+* ``gce`` / ``openstack_cloud`` -- the in-process emulators of ``tests/emulators`` on free ports.
+* ``lxd_part`` -- a running LXD (``scripts/start-lxd.sh``), an image imported from the test root
+  filesystem, and a project whose ``limits.instances=0`` makes any create a quota failure.
+
+The test root filesystem (Debian essential + python3 + systemd-sysv, ~200 MB, ~25 s once) is built by
+mmdebstrap into ``/var/cache/github-runner-tests`` under a file lock, so xdist workers share one build.
+Any part that cannot start calls ``tests.parts.unavailable`` (skip locally, fail on CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.parts import free_port, unavailable, wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+CACHE = Path(os.environ.get("GHRM_TEST_CACHE", "/var/cache/github-runner-tests"))
+ROOTFS_PACKAGES = "python3,systemd-sysv"
+ROOTFS_KEY = hashlib.sha256(f"bookworm essential {ROOTFS_PACKAGES}".encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """An exclusive lock shared by every pytest process on the machine (xdist workers included)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+
+
+# --------------------------------------------------------------------------- the test root filesystem
+
+
+@pytest.fixture(scope="session")
+def test_rootfs() -> Path:
+    """A small Debian root filesystem tar (cached): containers run /bin/sh and python3 from it."""
+    target = CACHE / f"contract-rootfs-{ROOTFS_KEY}.tar"
+    if target.exists():
+        return target
+    mmdebstrap = shutil.which("mmdebstrap")
+    if mmdebstrap is None:
+        unavailable("mmdebstrap is missing (scripts/dev-setup.sh installs it)")
+    if os.geteuid() != 0:
+        unavailable("building the test root filesystem with mmdebstrap needs root")
+    with cache_lock("contract-rootfs"):
+        if target.exists():
+            return target
+        partial = target.with_suffix(".partial")
+        result = run(
+            [str(mmdebstrap), "--variant=essential", f"--include={ROOTFS_PACKAGES}", "--format=tar",
+             "bookworm", str(partial)],
+            timeout=900,
+        )
+        if result.returncode != 0:
+            partial.unlink(missing_ok=True)
+            unavailable(f"mmdebstrap failed ({result.returncode}): {result.stderr[-600:]}")
+        partial.rename(target)
+    return target
+
+
+# --------------------------------------------------------------------------- dockerd
+
+
+@dataclass
+class DockerPart:
+    """A reachable Docker daemon and the contract image in it."""
+
+    base_url: str
+    image: str
+
+
+def _docker_ping(base_url: str) -> bool:
+    import docker
+
+    client = docker.DockerClient(base_url=base_url, timeout=5, version="auto")
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 172.29.0.0/16 that no interface of this machine uses."""
+    used = run(["ip", "-4", "-o", "addr", "show"], timeout=10).stdout
+    taken = [ipaddress.ip_interface(m).network for m in re.findall(r"inet (\S+)", used)]
+    for third in range(10, 250):
+        net = ipaddress.ip_network(f"172.29.{third}.0/24")
+        if not any(net.overlaps(t) for t in taken):
+            return net
+    unavailable("no free /24 in 172.29.0.0/16 for the test Docker bridge")
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _private_dockerd(tmp: Path) -> Iterator[str]:
+    """dockerd with its own roots, socket and bridge; iptables and forwarding left alone."""
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        unavailable("dockerd is missing (scripts/dev-setup.sh installs docker.io)")
+    if os.geteuid() != 0:
+        unavailable("starting a private dockerd needs root")
+    bridge = f"ghrmd{os.getpid() % 100000}"
+    subnet = _free_subnet()
+    gateway = f"{next(subnet.hosts())}/{subnet.prefixlen}"
+    run(["ip", "link", "del", bridge], timeout=10)
+    for args in (["link", "add", bridge, "type", "bridge"], ["addr", "add", gateway, "dev", bridge],
+                 ["link", "set", bridge, "up"]):
+        result = run(["ip", *args], timeout=10)
+        if result.returncode != 0:
+            unavailable(f"cannot create the test bridge {bridge}: {result.stderr.strip()}")
+    sock = tmp / "docker.sock"
+    log = open(tmp / "dockerd.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [dockerd, "--data-root", str(tmp / "data"), "--exec-root", str(tmp / "exec"),
+         "--pidfile", str(tmp / "dockerd.pid"), "-H", f"unix://{sock}", "--bridge", bridge,
+         "--iptables=false", "--ip-masq=false", "--ip-forward=false"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base_url = f"unix://{sock}"
+    try:
+        try:
+            wait_for(lambda: process.poll() is None and sock.exists() and _docker_ping(base_url), 60,
+                     interval=0.2, what="private dockerd")
+        except TimeoutError as exc:
+            tail = (tmp / "dockerd.log").read_text(errors="replace")[-800:]
+            unavailable(f"dockerd did not start: {exc}; log: {tail}")
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+        run(["ip", "link", "del", bridge], timeout=10)
+        shutil.rmtree(tmp / "data", ignore_errors=True)
+
+
+def _script_dockerd() -> str | None:
+    """The daemon ``scripts/start-dockerd.sh`` leaves running, if that script exists and works."""
+    script = ROOT / "scripts" / "start-dockerd.sh"
+    if not script.is_file():
+        return None
+    result = run(["bash", str(script)], timeout=300)
+    if result.returncode != 0:
+        unavailable(f"scripts/start-dockerd.sh failed ({result.returncode}): {result.stderr[-600:]}")
+    announced = re.findall(r"DOCKER_HOST=(\S+)", result.stdout)
+    candidates = announced + [os.environ.get("DOCKER_HOST", ""), "unix:///run/ghrm-docker.sock",
+                              "unix:///var/run/docker.sock"]
+    for candidate in candidates:
+        if candidate:
+            with contextlib.suppress(Exception):
+                if _docker_ping(candidate):
+                    return candidate
+    unavailable(f"scripts/start-dockerd.sh ran but no daemon answers at {candidates}")
+    return None
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory, test_rootfs: Path) -> Iterator[DockerPart]:
+    """A Docker daemon holding the contract image ``ghrm-contract:<key>``."""
+    import docker
+
+    with contextlib.ExitStack() as stack:
+        base_url = os.environ.get("GHRM_TEST_DOCKER_HOST") or _script_dockerd()
+        if not base_url:
+            base_url = stack.enter_context(_private_dockerd(tmp_path_factory.mktemp("dockerd")))
+        image = f"ghrm-contract:{ROOTFS_KEY}"
+        client = docker.DockerClient(base_url=base_url, timeout=120, version="auto")
+        try:
+            with cache_lock("contract-docker-image"):
+                try:
+                    client.images.get(image)
+                except docker.errors.ImageNotFound:
+                    client.api.import_image_from_file(
+                        str(test_rootfs), repository="ghrm-contract", tag=ROOTFS_KEY
+                    )
+                    client.images.get(image)
+        except docker.errors.DockerException as exc:
+            unavailable(f"cannot import the contract image into {base_url}: {exc}")
+        finally:
+            client.close()
+        yield DockerPart(base_url=base_url, image=image)
+
+
+# --------------------------------------------------------------------------- moto
+
+
+@dataclass
+class MotoServer:
+    url: str
+
+    def post(self, path: str, data: bytes = b"") -> bytes:
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback
+            return bytes(reply.read())
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """``moto_server`` on a free loopback port for the session."""
+    binary = Path(sys.executable).with_name("moto_server")
+    if not binary.exists():
+        found = shutil.which("moto_server")
+        if found is None:
+            unavailable("moto_server is missing (pip install 'moto[server]')")
+        binary = Path(str(found))
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                               stderr=subprocess.STDOUT)
+    server = MotoServer(f"http://127.0.0.1:{port}")
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{server.url}/moto-api/", timeout=2) as reply:  # noqa: S310
+            return reply.status == 200
+
+    try:
+        try:
+            wait_for(lambda: process.poll() is None and ready(), 30, interval=0.1, what="moto_server")
+        except TimeoutError as exc:
+            unavailable(f"moto_server did not start: {exc}")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+# --------------------------------------------------------------------------- vcsim
+
+
+@dataclass
+class Vcsim:
+    host: str
+    port: int
+    user: str
+    password: str
+
+    @property
+    def base(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def fault(self, method: str, fault: str | None) -> None:
+        """Make every later ``method`` call fail with ``fault`` (None clears it)."""
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(
+            f"{self.base}/ghrm/fault/{method}",
+            data=fault.encode() if fault else None,
+            method="PUT" if fault else "DELETE",
+        )
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:  # noqa: S310
+            assert reply.status == 204
+
+
+@pytest.fixture(scope="session")
+def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
+    """vcsim (VPX model, TLS) built once and cached, on a port it picks."""
+    binary = CACHE / "vcsim"
+    with cache_lock("vcsim-build"):
+        result = run(["bash", str(ROOT / "scripts" / "build-vcsim.sh"), str(binary)], timeout=900)
+    if result.returncode != 0:
+        unavailable(f"scripts/build-vcsim.sh failed ({result.returncode}): {(result.stderr or result.stdout)[-600:]}")
+    out = tmp_path_factory.mktemp("vcsim") / "vcsim.out"
+    with open(out, "wb") as handle:
+        process = subprocess.Popen([str(binary), "-host", "127.0.0.1", "-port", "0", "-username", "ghrm",
+                                    "-password", "vcsim-pass"], stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        try:
+            line = wait_for(lambda: re.search(r"VCSIM_URL=(\S+)", out.read_text()), 30, what="vcsim URL")
+        except TimeoutError as exc:
+            unavailable(f"vcsim did not start: {exc}: {out.read_text()[-400:]}")
+            raise AssertionError("unreachable") from None
+        assert isinstance(line, re.Match)
+        match = re.match(r"https://([^:]+):([^@]+)@([^:/]+):(\d+)", line.group(1))
+        assert match, line.group(1)
+        user, password, host, port = match.groups()
+        yield Vcsim(host=host, port=int(port), user=user, password=password)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# --------------------------------------------------------------------------- REST emulators
+
+
+@pytest.fixture(scope="session")
+def gce_server() -> Iterator[Any]:
+    from tests.emulators.gce import start_gce_emulator
+
+    server = start_gce_emulator()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gce(gce_server: Any) -> Iterator[Any]:
+    """The session's GCE emulator, cleared before and after the test."""
+    gce_server.reset()
+    yield gce_server
+    gce_server.reset()
+
+
+@pytest.fixture(scope="session")
+def openstack_server() -> Iterator[Any]:
+    from tests.emulators.openstack import start_openstack_emulator
+
+    server = start_openstack_emulator()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openstack_cloud(openstack_server: Any) -> Iterator[Any]:
+    """The session's Keystone + Nova emulator, cleared before and after the test."""
+    openstack_server.reset()
+    yield openstack_server
+    openstack_server.reset()
+
+
+# --------------------------------------------------------------------------- LXD
+
+
+@dataclass
+class LXDPart:
+    image: str
+    full_project: str
+
+
+def _lxc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run(["lxc", *args], timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def lxd_part(tmp_path_factory: pytest.TempPathFactory, test_rootfs: Path) -> Iterator[LXDPart]:
+    """Running LXD, the contract image imported from the test rootfs, and a zero-quota project."""
+    if shutil.which("lxd") is None or shutil.which("lxc") is None:
+        unavailable("lxd is not installed (scripts/dev-setup.sh installs it)")
+    if run(["lxd", "waitready", "--timeout", "2"], timeout=10).returncode != 0:
+        if os.geteuid() != 0:
+            unavailable("LXD is not running and starting it needs root")
+        result = run(["bash", str(ROOT / "scripts" / "start-lxd.sh")], timeout=900)
+        if result.returncode != 0:
+            unavailable(f"scripts/start-lxd.sh failed ({result.returncode}): {result.stderr[-600:]}")
+    alias = f"ghrm-contract-{ROOTFS_KEY}"
+    with cache_lock("contract-lxd-image"):
+        if _lxc("image", "info", alias, timeout=30).returncode != 0:
+            meta = tmp_path_factory.mktemp("lxd-image") / "meta.tar"
+            yaml_path = meta.with_name("metadata.yaml")
+            yaml_path.write_text(
+                f"architecture: x86_64\ncreation_date: {int(time.time())}\n"
+                "properties:\n  description: github-runner-manager contract test image\n"
+                "  os: debian\n  release: bookworm\n"
+            )
+            with tarfile.open(meta, "w") as archive:
+                archive.add(yaml_path, arcname="metadata.yaml")
+            result = _lxc("image", "import", str(meta), str(test_rootfs), "--alias", alias, timeout=600)
+            if result.returncode != 0:
+                unavailable(f"lxc image import failed: {result.stderr[-600:]}")
+    project = f"ghrm-full-{os.getpid()}"
+    result = _lxc("project", "create", project, "-c", "features.images=false", "-c", "features.profiles=false",
+                  "-c", "features.storage.volumes=false", "-c", "limits.instances=0", timeout=60)
+    if result.returncode != 0:
+        unavailable(f"cannot create the LXD project {project}: {result.stderr.strip()}")
+    try:
+        yield LXDPart(image=alias, full_project=project)
+    finally:
+        _lxc("project", "delete", project, timeout=60)
