@@ -65,7 +65,9 @@ class CountingClient:
         self._etags: dict[str, tuple[str, Any, str | None]] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str, operation: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
+    def get(
+        self, path: str, operation: str, params: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
         """One GET (first page only); returns (status, body)."""
         url = self.url + path
         status, body, _next = self._get(url, operation, params)
@@ -87,7 +89,9 @@ class CountingClient:
             yield from items or []
             url = next_url
 
-    def _get(self, url: str, operation: str, params: dict[str, Any] | None) -> tuple[int, Any, str | None]:
+    def _get(
+        self, url: str, operation: str, params: dict[str, Any] | None
+    ) -> tuple[int, Any, str | None]:
         prepared = requests.Request("GET", url, params=params).prepare()
         full = str(prepared.url)
         headers = {}
@@ -133,7 +137,7 @@ class Baseline:
 
 
 class NomadtoolsBaseline(Baseline):
-    """nomadtools ``githubrunner``: every repo × workflow × run (queued / in_progress) × jobs, unconditional.
+    """nomadtools ``githubrunner``: every repo x workflow x run (queued / in_progress) x jobs, unconditional.
 
     Where the GitHub it talks to has no workflows listing (``/repos/{o}/{r}/actions/workflows``, which
     the emulator may lack), it treats each repository as one workflow and lists the repository's runs
@@ -171,12 +175,17 @@ class NomadtoolsBaseline(Baseline):
             return None
         return [
             int(item["id"])
-            for item in self.client.paginate(f"/repos/{repo}/actions/workflows", "workflows", "list_repo_workflows")
+            for item in self.client.paginate(
+                f"/repos/{repo}/actions/workflows", "workflows", "list_repo_workflows"
+            )
         ]
 
     def cycle(self) -> None:
         for org in self.orgs:
-            repos = [r["full_name"] for r in self.client.paginate(f"/orgs/{org}/repos", None, "list_org_repos")]
+            repos = [
+                r["full_name"]
+                for r in self.client.paginate(f"/orgs/{org}/repos", None, "list_org_repos")
+            ]
             for repo in repos:
                 workflows = self._workflows(repo)
                 runs_paths = (
@@ -225,5 +234,7 @@ class ListAllBaseline(Baseline):
 
     def cycle(self) -> None:
         for org in self.orgs:
-            for _runner in self.client.paginate(f"/orgs/{org}/actions/runners", "runners", "list_runners"):
+            for _runner in self.client.paginate(
+                f"/orgs/{org}/actions/runners", "runners", "list_runners"
+            ):
                 pass

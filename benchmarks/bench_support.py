@@ -36,7 +36,7 @@ logger = logging.getLogger("benchmarks")
 Figure = float | int | None
 
 
-class Skip(Exception):  # noqa: N818 - reads as an outcome: the part was skipped
+class Skip(Exception):  # reads as an outcome: the part was skipped
     """A part of a benchmark cannot run here; the message is the reason written beside its figures."""
 
 
@@ -73,7 +73,9 @@ class Context:
     quick: bool
     tmp: Path
     log: Callable[[str], None] = print
-    shared: dict[str, Any] = field(default_factory=dict)  # e.g. the runner image a later bench reuses
+    shared: dict[str, Any] = field(
+        default_factory=dict
+    )  # e.g. the runner image a later bench reuses
 
 
 # ----------------------------------------------------------------------------------- numbers
@@ -102,7 +104,9 @@ def summary(values: Iterable[float]) -> dict[str, float | int | None]:
 
 
 # ------------------------------------------------------------------------------------ waiting
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+) -> Any:
     """Poll ``condition`` until it is truthy; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -111,10 +115,12 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
             value = condition()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - the condition may fail while a part starts
+        except Exception as exc:  # the condition may fail while a part starts
             last = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}" + (f": {last!r}" if last else ""))
+            raise TimeoutError(
+                f"timed out after {timeout:g}s waiting for {what}" + (f": {last!r}" if last else "")
+            )
         time.sleep(interval)
 
 
@@ -145,7 +151,9 @@ class Redis:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, decode_responses=True)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=10, decode_responses=True
+        )
 
     def flush(self) -> None:
         self.client().flushall()
@@ -209,7 +217,7 @@ def emulator_units(emu: Any) -> dict[str, int]:
     limiter = getattr(emu.emulator, "limiter", None)
     if limiter is None:
         return {}
-    with limiter._lock:  # noqa: SLF001 - read-only snapshot of the emulator's counter
+    with limiter._lock:  # read-only snapshot of the emulator's counter
         return dict(limiter.units)
 
 
@@ -315,7 +323,9 @@ class ManagerProcess:
         self.config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         self.log_path = directory / "manager.log"
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
         env.pop("GITHUB_TOKEN", None)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -338,7 +348,9 @@ class ManagerProcess:
     def check(self) -> None:
         """Raise with the log tail when the process has died."""
         if not self.alive():
-            raise RuntimeError(f"the manager process exited ({self.process.returncode}): {self.tail()}")
+            raise RuntimeError(
+                f"the manager process exited ({self.process.returncode}): {self.tail()}"
+            )
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -356,7 +368,11 @@ def git_commit() -> str:
     """HEAD of the checkout, with ``-dirty`` when the tree has changes (read-only git calls)."""
     try:
         head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
@@ -384,12 +400,21 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     return {
+        "load_avg_start": load_average(),
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "memory_gib": memory_gib,
         "os": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (the machine may be shared with other work)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

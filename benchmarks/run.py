@@ -76,7 +76,7 @@ def run_one(name: str, ctx: Context) -> Figures:
     started = time.monotonic()
     try:
         module = _load(name)
-    except Exception as exc:  # noqa: BLE001 - a missing module is reported, not fatal
+    except Exception as exc:  # a missing module is reported, not fatal
         figures = Figures()
         figures.details[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
         return figures
@@ -86,7 +86,7 @@ def run_one(name: str, ctx: Context) -> Figures:
     except Skip as exc:
         figures = Figures()
         figures.null(keys, str(exc))
-    except Exception as exc:  # noqa: BLE001 - one benchmark failing must not hide the others
+    except Exception as exc:  # one benchmark failing must not hide the others
         figures = Figures()
         figures.null(keys, f"benchmark failed: {type(exc).__name__}: {exc}"[:500])
         figures.details[f"{name}_traceback"] = traceback.format_exc()[-4000:]
@@ -102,7 +102,9 @@ def run_one(name: str, ctx: Context) -> Figures:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per benchmark (CI)")
-    parser.add_argument("--out", type=Path, default=None, help=f"result JSON (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"result JSON (default {DEFAULT_OUT})"
+    )
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(ORDER)}")
     parser.add_argument(
         "--markdown",
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             figures.set(key, None, "not selected (--only)")
     result.update(figures.values)
     result["wall_s"] = round(time.monotonic() - started, 1)
+    result["load_avg_end"] = bench_support.load_average()
     result["details"] = figures.details
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")

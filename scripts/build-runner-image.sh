@@ -45,6 +45,8 @@ if [[ "${1:-}" == "--internal-base-hook" ]]; then
     chmod 0440 "$root/etc/sudoers.d/runner"
     printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
     : >"$root/etc/machine-id"
+    # force-unsafe-io speeds up the build only; the image's own dpkg keeps its safe default.
+    sed -i '/^force-unsafe-io$/d' "$root/etc/dpkg/dpkg.cfg.d/99mmdebstrap" 2>/dev/null || true
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
     exit 0
 fi
@@ -435,6 +437,7 @@ else
     if ! GHRM_TEMPLATES_DIR="$TEMPLATES_DIR" TMPDIR="$WORK" timeout 1800 mmdebstrap \
         --variant=minbase --mode=root --format=tar --components="$components" \
         --keyring="$KEYRING" "${APTOPTS[@]}" \
+        --dpkgopt=force-unsafe-io --aptopt='Acquire::Languages "none"' \
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
@@ -661,13 +664,15 @@ say "done in ${SECONDS_TOTAL}s: $summary"
 python3 -c '
 import json, sys
 keys = ["alias", "timestamped_alias", "fingerprint", "previous_fingerprint", "cached", "seconds",
-        "vm_image", "vm_metadata", "rootfs", "cache_key", "runner_version", "base", "log"]
+        "vm_image", "vm_metadata", "rootfs", "cache_key", "runner_version", "base", "log", "base_cached"]
 values = sys.argv[1:]
 out = dict(zip(keys, values))
 out["cached"] = out["cached"] == "1"
+out["base_cached"] = out["base_cached"] == "1"
 out["seconds"] = float(out["seconds"])
 for key in ("fingerprint", "previous_fingerprint", "vm_image", "vm_metadata", "alias", "timestamped_alias"):
     out[key] = out[key] or None
 print("RESULT " + json.dumps(out, sort_keys=True))
 ' "$( ((NO_LXD)) || echo "$ALIAS")" "$( ((NO_LXD)) || echo "$TS_ALIAS")" "$FP" "$PREV_FP" "$CACHED_FINAL" \
-    "$SECONDS_TOTAL" "$VM_IMAGE" "$VM_META" "$FINAL_TAR" "$FINAL_KEY" "$RUNNER_VERSION" "$BASE" "$LOG_FILE"
+    "$SECONDS_TOTAL" "$VM_IMAGE" "$VM_META" "$FINAL_TAR" "$FINAL_KEY" "$RUNNER_VERSION" "$BASE" "$LOG_FILE" \
+    "$((CACHED_BASE || CACHED_FINAL))"

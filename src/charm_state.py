@@ -639,7 +639,8 @@ class _Parser:
     def _secret_content(self, option: str, secret_id: str) -> Mapping[str, str] | None:
         if not _SECRET_ID.match(secret_id):
             self.error(
-                option, f"{_quote(secret_id)} is not a Juju secret id like secret:d0h8l3ub2ik2pno6kv6g"
+                option,
+                f"{_quote(secret_id)} is not a Juju secret id like secret:d0h8l3ub2ik2pno6kv6g",
             )
             return None
         try:

@@ -7,15 +7,17 @@ registration (``Authorization: Bearer <agent_secret>``), never with a GitHub tok
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
+from werkzeug.local import LocalProxy
 
 from github_emulator.state import DEFAULT_GROUP_ID, EmulatorError, Job, Runner, not_found
 
 if TYPE_CHECKING:
     from github_emulator.app import Emulator
+    from github_emulator.state import EmulatorState
 
 PREFIX = "/_agent/v1"
 DEFAULT_LABELS = ("self-hosted", "Linux", "X64")
@@ -28,7 +30,7 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def register(app: Flask, emu: Emulator) -> None:
-    state = emu.state
+    state = cast("EmulatorState", LocalProxy(lambda: emu.state))
 
     def runner_from_request(runner_id: int) -> Runner:
         emu.stats.bump("agent_requests")

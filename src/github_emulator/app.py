@@ -1,6 +1,6 @@
 """The emulator's WSGI application: GitHub REST routes plus the cross-cutting behaviour.
 
-Every GitHub REST request goes through ``Emulator._serve``: authentication, fault injection,
+Every GitHub REST request goes through ``Emulator.serve``: authentication, fault injection,
 primary and secondary rate limits, the handler, ETag/304, rate-limit headers and accounting.
 The control API (``/_emulator/``) and the runner-agent API (``/_agent/``) live in
 ``control.py`` and ``agent_api.py``.
@@ -16,11 +16,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.local import LocalProxy
 
 from github_emulator.faults import FaultInjector
 from github_emulator.ratelimit import Budget, RateLimiter
@@ -91,7 +92,17 @@ class Emulator:
         self.runner_apps = RunnerAppCatalog()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        self.app = self._build_app()
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """The WSGI application of this emulator (routes are shared, state is not)."""
+        environ[ENVIRON_KEY] = self
+        return shared_app()(environ, start_response)
+
+    @staticmethod
+    def current() -> Emulator:
+        """The emulator serving the current request."""
+        emu: Emulator = request.environ[ENVIRON_KEY]
+        return emu
 
     # ------------------------------------------------------------------ lifecycle
     def start_background(self, interval: float = 0.2) -> None:
@@ -169,51 +180,8 @@ class Emulator:
             headers["Link"] = ", ".join(f'<{_page_url(n)}>; rel="{rel}"' for n, rel in links)
         return chunk, headers
 
-    # ------------------------------------------------------------------ app
-    def _build_app(self) -> Flask:
-        app = Flask("github_emulator")
-        app.json.sort_keys = False  # type: ignore[attr-defined]
-        self._register_rest(app)
-        from github_emulator import agent_api, control
-
-        control.register(app, self)
-        agent_api.register(app, self)
-
-        @app.errorhandler(EmulatorError)
-        def _emulator_error(exc: EmulatorError) -> Response:
-            return _json_response(exc.body(), exc.status, exc.headers)
-
-        @app.errorhandler(HTTPException)
-        def _http_error(exc: HTTPException) -> Response:
-            # GitHub answers unknown routes and wrong methods alike with 404 Not Found.
-            status = exc.code or 500
-            if status in (404, 405):
-                status = 404
-            message = "Not Found" if status == 404 else (exc.description or "error")
-            if request.path.startswith(("/_emulator", "/_agent")):
-                self.stats.bump("control_requests")
-            else:
-                self.stats.record(request.method, request.path, "unknown", status, None)
-            return _json_response({"message": message, "documentation_url": DOCS}, status)
-
-        return app
-
-    def rest(self, app: Flask, method: str, path: str, operation_id: str) -> Callable[..., Any]:
-        """Decorator: register a GitHub REST handler under its operationId."""
-
-        def decorate(handler: Callable[..., Reply]) -> Callable[..., Reply]:
-            def view(**kwargs: Any) -> Response:
-                return self._serve(operation_id, handler, kwargs)
-
-            app.add_url_rule(
-                flask_path(path), endpoint=operation_id, view_func=view, methods=[method]
-            )
-            return handler
-
-        return decorate
-
     # ------------------------------------------------------------------ the request pipeline
-    def _serve(
+    def serve(
         self, operation_id: str, handler: Callable[..., Reply], kwargs: dict[str, Any]
     ) -> Response:
         method = request.method
@@ -338,11 +306,66 @@ class Emulator:
             )
         return None
 
-    # ------------------------------------------------------------------ REST operations
-    def _register_rest(self, app: Flask) -> None:
-        from github_emulator import rest
 
-        rest.register(app, self)
+ENVIRON_KEY = "github_emulator.instance"
+_APP: Flask | None = None
+_APP_LOCK = threading.Lock()
+
+#: The emulator serving the current request, usable wherever a request is being handled.
+CURRENT: Emulator = cast("Emulator", LocalProxy(Emulator.current))
+
+
+def shared_app() -> Flask:
+    """The Flask app with every route, built once per process (rule compilation is slow).
+
+    Each ``Emulator`` puts itself in the WSGI environ; handlers find it through ``CURRENT``.
+    """
+    global _APP
+    with _APP_LOCK:
+        if _APP is None:
+            _APP = _build_app()
+        return _APP
+
+
+def _build_app() -> Flask:
+    from github_emulator import agent_api, control, rest
+
+    app = Flask("github_emulator")
+    rest.register(app, CURRENT)
+    control.register(app, CURRENT)
+    agent_api.register(app, CURRENT)
+
+    @app.errorhandler(EmulatorError)
+    def _emulator_error(exc: EmulatorError) -> Response:
+        return _json_response(exc.body(), exc.status, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        # GitHub answers unknown routes and wrong methods alike with 404 Not Found.
+        status = exc.code or 500
+        if status in (404, 405):
+            status = 404
+        message = "Not Found" if status == 404 else (exc.description or "error")
+        if request.path.startswith(("/_emulator", "/_agent")):
+            CURRENT.stats.bump("control_requests")
+        else:
+            CURRENT.stats.record(request.method, request.path, "unknown", status, None)
+        return _json_response({"message": message, "documentation_url": DOCS}, status)
+
+    return app
+
+
+def rest_route(app: Flask, method: str, path: str, operation_id: str) -> Callable[..., Any]:
+    """Decorator: register a GitHub REST handler under its operationId."""
+
+    def decorate(handler: Callable[..., Reply]) -> Callable[..., Reply]:
+        def view(**kwargs: Any) -> Response:
+            return Emulator.current().serve(operation_id, handler, kwargs)
+
+        app.add_url_rule(flask_path(path), endpoint=operation_id, view_func=view, methods=[method])
+        return handler
+
+    return decorate
 
 
 def _int_arg(name: str, default: int) -> int:

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask, Response, request
+from werkzeug.local import LocalProxy
 
 from github_emulator import render
 from github_emulator.state import EmulatorError, Runner, validation_failed
 
 if TYPE_CHECKING:
     from github_emulator.app import Emulator
+    from github_emulator.state import EmulatorState
 
 PREFIX = "/_emulator"
 
@@ -36,7 +38,7 @@ def _str_list(value: Any, name: str) -> list[str]:
 
 
 def register(app: Flask, emu: Emulator) -> None:
-    state = emu.state
+    state = cast("EmulatorState", LocalProxy(lambda: emu.state))
 
     @app.before_request
     def _count_control() -> None:

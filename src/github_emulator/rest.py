@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from flask import Flask, g, request
+from werkzeug.local import LocalProxy
 
 from github_emulator import render
 from github_emulator.state import (
@@ -25,6 +26,7 @@ from github_emulator.state import (
 
 if TYPE_CHECKING:
     from github_emulator.app import Emulator, Reply
+    from github_emulator.state import EmulatorState
 
 # kind → (path prefix, operationId namespace, "for-" suffix, "from-" suffix)
 SCOPES: dict[str, tuple[str, str, str, str]] = {
@@ -41,9 +43,9 @@ SCOPES: dict[str, tuple[str, str, str, str]] = {
 
 def register(app: Flask, emu: Emulator) -> None:
     """Add every REST route to ``app``."""
-    from github_emulator.app import Reply
+    from github_emulator.app import Reply, rest_route
 
-    state = emu.state
+    state = cast("EmulatorState", LocalProxy(lambda: emu.state))
 
     def token() -> Token:
         tok: Token | None = g.get("token")
@@ -83,7 +85,7 @@ def register(app: Flask, emu: Emulator) -> None:
         base_path = prefix + "/actions/runners"
 
         def add(method: str, suffix: str, op: str, _base: str = base_path) -> Callable[..., Any]:
-            return emu.rest(app, method, _base + suffix, op)
+            return rest_route(app, method, _base + suffix, op)
 
         @add("GET", "", f"{ns}list-self-hosted-runners-{for_}")
         def list_runners(_kind: str = kind, **kw: Any) -> Reply:
@@ -195,7 +197,7 @@ def register(app: Flask, emu: Emulator) -> None:
                 return labels_reply(runner)
 
     # ------------------------------------------------------------------ runner groups
-    @emu.rest(
+    @rest_route(
         app,
         "GET",
         "/orgs/{org}/actions/runner-groups",
@@ -217,7 +219,7 @@ def register(app: Flask, emu: Emulator) -> None:
             }
             return Reply(body, headers=headers)
 
-    @emu.rest(
+    @rest_route(
         app,
         "GET",
         "/orgs/{org}/actions/runner-groups/{runner_group_id}",
@@ -230,7 +232,7 @@ def register(app: Flask, emu: Emulator) -> None:
                 raise not_found()
             return Reply(render.runner_group(emu.base(), group))
 
-    @emu.rest(
+    @rest_route(
         app,
         "GET",
         "/orgs/{org}/actions/runner-groups/{runner_group_id}/runners",
@@ -247,7 +249,7 @@ def register(app: Flask, emu: Emulator) -> None:
             return runner_list(runners)
 
     # ------------------------------------------------------------------ runs and jobs
-    @emu.rest(
+    @rest_route(
         app, "GET", "/repos/{owner}/{repo}/actions/runs", "actions/list-workflow-runs-for-repo"
     )
     def list_runs(owner: str, repo: str) -> Reply:
@@ -269,7 +271,9 @@ def register(app: Flask, emu: Emulator) -> None:
             }
             return Reply(body, headers=headers)
 
-    @emu.rest(app, "GET", "/repos/{owner}/{repo}/actions/runs/{run_id}", "actions/get-workflow-run")
+    @rest_route(
+        app, "GET", "/repos/{owner}/{repo}/actions/runs/{run_id}", "actions/get-workflow-run"
+    )
     def get_run(owner: str, repo: str, run_id: int) -> Reply:
         with state.lock:
             repo_obj = state.repo_for(token(), owner, repo)
@@ -278,7 +282,7 @@ def register(app: Flask, emu: Emulator) -> None:
                 raise not_found()
             return Reply(render.workflow_run(state, emu.base(), run, repo_obj))
 
-    @emu.rest(
+    @rest_route(
         app,
         "POST",
         "/repos/{owner}/{repo}/actions/runs/{run_id}/cancel",
@@ -296,7 +300,7 @@ def register(app: Flask, emu: Emulator) -> None:
                 state.cancel_job(state.jobs[job_id])
         return Reply({}, 202)
 
-    @emu.rest(
+    @rest_route(
         app,
         "GET",
         "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
@@ -316,7 +320,7 @@ def register(app: Flask, emu: Emulator) -> None:
                 headers=headers,
             )
 
-    @emu.rest(
+    @rest_route(
         app,
         "GET",
         "/repos/{owner}/{repo}/actions/jobs/{job_id}",
@@ -331,7 +335,7 @@ def register(app: Flask, emu: Emulator) -> None:
             return Reply(render.job(emu.base(), job))
 
     # ------------------------------------------------------------------ orgs, repos, users
-    @emu.rest(app, "GET", "/orgs/{org}/repos", "repos/list-for-org")
+    @rest_route(app, "GET", "/orgs/{org}/repos", "repos/list-for-org")
     def list_org_repos(org: str) -> Reply:
         with state.lock:
             repos = state.repos_of_org(token(), org)
@@ -352,12 +356,12 @@ def register(app: Flask, emu: Emulator) -> None:
             base = emu.base()
             return Reply([render.repository(state, base, r) for r in chunk], headers=headers)
 
-    @emu.rest(app, "GET", "/repos/{owner}/{repo}", "repos/get")
+    @rest_route(app, "GET", "/repos/{owner}/{repo}", "repos/get")
     def get_repo(owner: str, repo: str) -> Reply:
         with state.lock:
             return Reply(render.repository(state, emu.base(), state.repo_for(token(), owner, repo)))
 
-    @emu.rest(app, "GET", "/orgs/{org}", "orgs/get")
+    @rest_route(app, "GET", "/orgs/{org}", "orgs/get")
     def get_org(org: str) -> Reply:
         token()
         with state.lock:
@@ -368,12 +372,12 @@ def register(app: Flask, emu: Emulator) -> None:
                 render.organization_full(emu.base(), found.login, found.id, found.created_at)
             )
 
-    @emu.rest(app, "GET", "/user", "users/get-authenticated")
+    @rest_route(app, "GET", "/user", "users/get-authenticated")
     def get_user() -> Reply:
         tok = token()
         return Reply(render.user(emu.base(), f"emulator-user-{tok.index}", 1000 + tok.index))
 
-    @emu.rest(app, "GET", "/rate_limit", "rate-limit/get")
+    @rest_route(app, "GET", "/rate_limit", "rate-limit/get")
     def rate_limit() -> Reply:
         tok: Token | None = g.get("token")
         if tok is None:
@@ -413,7 +417,7 @@ def register(app: Flask, emu: Emulator) -> None:
             return state.repo_for(token(), kw["owner"], kw["repo"]).full_name
 
         def hadd(method: str, suffix: str, op: str, _prefix: str = hprefix) -> Callable[..., Any]:
-            return emu.rest(app, method, _prefix + "/hooks" + suffix, op)
+            return rest_route(app, method, _prefix + "/hooks" + suffix, op)
 
         @hadd("GET", "", f"{hns}list-webhooks")
         def list_hooks(_kind: str = hkind, **kw: Any) -> Reply:

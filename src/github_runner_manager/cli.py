@@ -13,6 +13,7 @@ act on end the command with one line on stderr, never a traceback:
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import signal
@@ -131,6 +132,7 @@ def run(ctx: typer.Context) -> None:
     """Run the service: webhook endpoint, job consumers, reconcile loop, poll for missed webhooks.
 
     Stops cleanly on SIGTERM or SIGINT; runners keep running and are found again on the next start.
+    SIGUSR1 writes every thread's stack to stderr (for a manager that seems stuck).
     """
     manager = _manager(ctx, LogLevel.info)
     stop = threading.Event()
@@ -141,6 +143,7 @@ def run(ctx: typer.Context) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
     try:
         manager.serve(stop)
     finally:
@@ -274,25 +277,29 @@ def _exit_code(exc: BaseException) -> tuple[int, str]:
     return 1, f"unexpected {type(exc).__name__}: {exc} (run with --log-level debug for details)"
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    if isinstance(exc, click.ClickException):
+        return True
+    return isinstance(exc, typer.TyperException) and callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the exit code."""
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name=PROG, standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except click.exceptions.Abort:
-        typer.echo(f"{PROG}: interrupted", err=True)
-        code = 130
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         typer.echo(f"{PROG}: interrupted", err=True)
         code = 130
     except Exception as exc:
-        code, message = _exit_code(exc)
-        logger.debug("error details", exc_info=exc)
-        typer.echo(f"{PROG}: error: {message}", err=True)
+        if _is_usage_error(exc):  # click's (or typer's vendored click's) usage errors: usage + message
+            exc.show()  # type: ignore[attr-defined]
+            code = int(exc.exit_code)  # type: ignore[attr-defined]
+        else:  # one line for the operator, never a traceback
+            code, message = _exit_code(exc)
+            logger.debug("error details", exc_info=exc)
+            typer.echo(f"{PROG}: error: {message}", err=True)
     if __name__ == "__main__" or argv is None:
         sys.exit(code)
     return code

@@ -132,6 +132,7 @@ class ImageBuildResult:
     cache_key: str | None = None
     runner_version: str | None = None
     log: Path | None = None
+    base_cached: bool = False
 
 
 def default_script_path() -> Path:
@@ -323,6 +324,7 @@ def build_runner_image(
         cache_key=data.get("cache_key"),
         runner_version=data.get("runner_version"),
         log=Path(data["log"]) if data.get("log") else None,
+        base_cached=bool(data.get("base_cached")),
     )
     logger.info(
         "image build done: alias=%s image=%s cached=%s seconds=%.1f",

@@ -835,11 +835,12 @@ class RunnerManager:
         obs = self._observe()
         self._prune_pending(obs)
         settled = self._settle(obs)
+        # settle what dead processes left first: their records still count against the caps
+        self._wait(
+            [self._submit(self._remove_stale, rec, obs) for rec in settled.stale]
+            + [self._submit(self._delete_runner, r.name, "resume", allow_busy=True) for r in settled.resume]
+        )
         futures: list[Future[Any]] = []
-        for rec in settled.stale:
-            futures.append(self._submit(self._remove_stale, rec, obs))
-        for rec in settled.resume:
-            futures.append(self._submit(self._delete_runner, rec.name, "resume", allow_busy=True))
         demands = self._demands(obs, quantity)
         inp = planner.PlanInput(
             demands=demands,

@@ -108,7 +108,8 @@ class ManagerService:
         for index in range(self.consumers):
             self._spawn(f"consumer-{index}", self._consume, stop, index)
         try:
-            stop.wait()
+            while not stop.wait(0.5):  # wake up now and then: signal handlers run on the main thread
+                pass
         finally:
             self.shutdown()
 

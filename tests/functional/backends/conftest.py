@@ -12,8 +12,9 @@
 * ``lxd_part`` -- a running LXD (``scripts/start-lxd.sh``), an image imported from the test root
   filesystem, and a project whose ``limits.instances=0`` makes any create a quota failure.
 
-The test root filesystem (Debian essential + python3 + systemd-sysv, ~200 MB, ~25 s once) is built by
-mmdebstrap into ``/var/cache/github-runner-tests`` under a file lock, so xdist workers share one build.
+The test root filesystem (Debian's static busybox extracted by mmdebstrap, its applets and a tiny
+``/sbin/init``: ~2 MB, ~25 s once) is cached in ``/var/cache/github-runner-tests`` under a file lock,
+so xdist workers share one build; small, so that containers are created and removed in a blink.
 Any part that cannot start calls ``tests.parts.unavailable`` (skip locally, fail on CI).
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import ipaddress
 import os
 import re
@@ -42,8 +44,13 @@ from tests.parts import free_port, unavailable, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("GHRM_TEST_CACHE", "/var/cache/github-runner-tests"))
-ROOTFS_PACKAGES = "python3,systemd-sysv"
-ROOTFS_KEY = hashlib.sha256(f"bookworm essential {ROOTFS_PACKAGES}".encode()).hexdigest()[:12]
+#: Bump when the recipe below changes: the cached tar's name carries it.
+ROOTFS_KEY = hashlib.sha256(b"bookworm busybox-static init-v1").hexdigest()[:12]
+#: PID 1 of an LXD container made from the test rootfs: stay up until stopped.
+INIT = """#!/bin/sh
+trap 'exit 0' TERM INT PWR
+while :; do sleep 3600 & wait $!; done
+"""
 
 
 @contextlib.contextmanager
@@ -65,9 +72,50 @@ def run(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedP
 # --------------------------------------------------------------------------- the test root filesystem
 
 
+def _busybox_rootfs(extracted: Path, target: Path) -> None:
+    """A root filesystem of Debian's static busybox, its applets as links and a tiny /sbin/init."""
+    work = target.parent / f".busybox-{os.getpid()}"
+    work.mkdir(exist_ok=True)
+    try:
+        with tarfile.open(extracted) as source:
+            member = source.getmember("./bin/busybox")
+            binary = source.extractfile(member)
+            assert binary is not None
+            busybox = work / "busybox"
+            busybox.write_bytes(binary.read())
+            busybox.chmod(0o755)
+        applets = run([str(busybox), "--list"], timeout=30).stdout.split()
+        with tarfile.open(target, "w") as archive:
+
+            def add_dir(name: str) -> None:
+                info = tarfile.TarInfo(name)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+
+            for directory in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root",
+                              "var", "var/lib", "usr", "usr/bin"):
+                add_dir(directory)
+            archive.add(busybox, arcname="bin/busybox")
+            for applet in applets:
+                if applet in {"busybox", "init"}:
+                    continue
+                link = tarfile.TarInfo(f"bin/{applet}")
+                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+                archive.addfile(link)
+            for name, text in (("sbin/init", INIT), ("etc/hostname", "contract\n"),
+                               ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+                               ("etc/group", "root:x:0:\n")):
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o755 if name.startswith("sbin/") else 0o644
+                archive.addfile(info, io.BytesIO(data))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def test_rootfs() -> Path:
-    """A small Debian root filesystem tar (cached): containers run /bin/sh and python3 from it."""
+def contract_rootfs() -> Path:
+    """A ~2 MB root filesystem tar (cached): busybox's sh and tools, and an init for LXD."""
     target = CACHE / f"contract-rootfs-{ROOTFS_KEY}.tar"
     if target.exists():
         return target
@@ -79,15 +127,17 @@ def test_rootfs() -> Path:
     with cache_lock("contract-rootfs"):
         if target.exists():
             return target
-        partial = target.with_suffix(".partial")
+        extracted = target.with_suffix(".extract")
         result = run(
-            [str(mmdebstrap), "--variant=essential", f"--include={ROOTFS_PACKAGES}", "--format=tar",
-             "bookworm", str(partial)],
+            [str(mmdebstrap), "--variant=extract", "--include=busybox-static", "bookworm", str(extracted)],
             timeout=900,
         )
         if result.returncode != 0:
-            partial.unlink(missing_ok=True)
+            extracted.unlink(missing_ok=True)
             unavailable(f"mmdebstrap failed ({result.returncode}): {result.stderr[-600:]}")
+        partial = target.with_suffix(".partial")
+        _busybox_rootfs(extracted, partial)
+        extracted.unlink()
         partial.rename(target)
     return target
 
@@ -192,7 +242,7 @@ def _script_dockerd() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def dockerd(tmp_path_factory: pytest.TempPathFactory, test_rootfs: Path) -> Iterator[DockerPart]:
+def dockerd(tmp_path_factory: pytest.TempPathFactory, contract_rootfs: Path) -> Iterator[DockerPart]:
     """A Docker daemon holding the contract image ``ghrm-contract:<key>``."""
     import docker
 
@@ -208,7 +258,7 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory, test_rootfs: Path) -> Iter
                     client.images.get(image)
                 except docker.errors.ImageNotFound:
                     client.api.import_image_from_file(
-                        str(test_rootfs), repository="ghrm-contract", tag=ROOTFS_KEY
+                        str(contract_rootfs), repository="ghrm-contract", tag=ROOTFS_KEY
                     )
                     client.images.get(image)
         except docker.errors.DockerException as exc:
@@ -226,7 +276,9 @@ class MotoServer:
     url: str
 
     def post(self, path: str, data: bytes = b"") -> bytes:
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method="POST")
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=data, method="POST", headers={"Content-Type": "text/plain"}
+        )
         with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback
             return bytes(reply.read())
 
@@ -377,7 +429,7 @@ def _lxc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="session")
-def lxd_part(tmp_path_factory: pytest.TempPathFactory, test_rootfs: Path) -> Iterator[LXDPart]:
+def lxd_part(tmp_path_factory: pytest.TempPathFactory, contract_rootfs: Path) -> Iterator[LXDPart]:
     """Running LXD, the contract image imported from the test rootfs, and a zero-quota project."""
     if shutil.which("lxd") is None or shutil.which("lxc") is None:
         unavailable("lxd is not installed (scripts/dev-setup.sh installs it)")
@@ -399,7 +451,7 @@ def lxd_part(tmp_path_factory: pytest.TempPathFactory, test_rootfs: Path) -> Ite
             )
             with tarfile.open(meta, "w") as archive:
                 archive.add(yaml_path, arcname="metadata.yaml")
-            result = _lxc("image", "import", str(meta), str(test_rootfs), "--alias", alias, timeout=600)
+            result = _lxc("image", "import", str(meta), str(contract_rootfs), "--alias", alias, timeout=600)
             if result.returncode != 0:
                 unavailable(f"lxc image import failed: {result.stderr[-600:]}")
     project = f"ghrm-full-{os.getpid()}"

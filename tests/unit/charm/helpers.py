@@ -23,7 +23,9 @@ SECRET_VALUES = (TOKEN, WEBHOOK_SECRET, AWS_SECRET_KEY, REDIS_PASSWORD)
 TOKEN_SECRET = testing.Secret({"token": TOKEN}, id="secret:" + "t" * 20)
 WEBHOOK_SECRET_OBJ = testing.Secret({"value": WEBHOOK_SECRET}, id="secret:" + "w" * 20)
 BACKEND_SECRET = testing.Secret(
-    {"config": f"aws: {{region: eu-west-1, access_key_id: AKIAX, secret_access_key: {AWS_SECRET_KEY}}}"},
+    {
+        "config": f"aws: {{region: eu-west-1, access_key_id: AKIAX, secret_access_key: {AWS_SECRET_KEY}}}"
+    },
     id="secret:" + "b" * 20,
 )
 SECRETS = (TOKEN_SECRET, WEBHOOK_SECRET_OBJ, BACKEND_SECRET)

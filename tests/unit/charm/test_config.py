@@ -268,7 +268,12 @@ def test_runner_groups_replace_single_group_options(
     assert isinstance(out.unit_status, testing.ActiveStatus), out.unit_status
     assert fake_manager.state is not None
     small, large = fake_manager.state.runner_groups
-    assert (small.name, small.min_idle, small.max_runners, small.backends) == ("small", 2, 10, ("lxd",))
+    assert (small.name, small.min_idle, small.max_runners, small.backends) == (
+        "small",
+        2,
+        10,
+        ("lxd",),
+    )
     assert large.backends == ("lxd", "openstack")
     assert large.github_group == "big-jobs"
     assert large.max_lifetime == 6 * 3600
@@ -288,7 +293,9 @@ def test_to_manager_config_has_the_design_format() -> None:
             "max-total-runners": 50,
         }
     )
-    charm_state = CharmState.from_config(state.config, read_secret=read_secret_from(state), arch="x64")
+    charm_state = CharmState.from_config(
+        state.config, read_secret=read_secret_from(state), arch="x64"
+    )
     config = charm_state.to_manager_config()
     assert config["github"] == {
         "url": "https://api.github.com",
@@ -358,7 +365,9 @@ def test_redis_from_relation(
     assert (fake_manager.state.redis_url, fake_manager.state.redis_source) == (url, "relation")
 
 
-def test_redis_url_option_wins_over_relation(ctx: testing.Context, fake_manager: FakeManager) -> None:
+def test_redis_url_option_wins_over_relation(
+    ctx: testing.Context, fake_manager: FakeManager
+) -> None:
     relation = testing.Relation("redis", remote_app_data={"hostname": "r", "port": "1"})
     state = make_state({"redis-url": "redis://opt:6379/0"}, relations=(relation,))
     ctx.run(ctx.on.config_changed(), state)
@@ -387,7 +396,9 @@ def test_no_redis_means_embedded(fake_manager: FakeManager, ctx: testing.Context
     assert (fake_manager.state.redis_url, fake_manager.state.redis_source) == (None, "embedded")
 
 
-def test_secret_changed_applies_the_new_token(ctx: testing.Context, fake_manager: FakeManager) -> None:
+def test_secret_changed_applies_the_new_token(
+    ctx: testing.Context, fake_manager: FakeManager
+) -> None:
     rotated = testing.Secret(
         {"token": "ghp_old"}, latest_content={"token": "ghp_new"}, id=TOKEN_SECRET.id
     )
@@ -441,5 +452,5 @@ def test_long_values_are_shortened_in_messages() -> None:
 
 def test_huge_numbers_are_not_sizes() -> None:
     config = {**DEFAULTS, "path": "acme", "token": "t", "test-mode": True, "vm-disk": "9" * 400}
-    with pytest.raises(CharmConfigInvalidError, match="^vm-disk: .* is not a size like 7GiB$"):
+    with pytest.raises(CharmConfigInvalidError, match=r"^vm-disk: .* is not a size like 7GiB$"):
         CharmState.from_config(config, read_secret=dict)

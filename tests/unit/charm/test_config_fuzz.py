@@ -133,7 +133,9 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
 
 secret_contents = st.one_of(
     st.fixed_dictionaries({"config": _STRING_JUNK}),
-    st.dictionaries(st.sampled_from(["region", "config", "token", "value"]), _STRING_JUNK, min_size=1),
+    st.dictionaries(
+        st.sampled_from(["region", "config", "token", "value"]), _STRING_JUNK, min_size=1
+    ),
 )
 
 
@@ -154,7 +156,9 @@ def test_generated_configs_block_exactly_when_validation_fails(
         backend_content=secret_contents,
         installed=st.sampled_from([None, *RUNNER_STORAGES]),
     )
-    def check(config: dict[str, Any], backend_content: dict[str, str], installed: str | None) -> None:
+    def check(
+        config: dict[str, Any], backend_content: dict[str, str], installed: str | None
+    ) -> None:
         fake = FakeManager()
         monkeypatch.setattr(GithubRunnerCharm, "manager_factory", lambda: fake)
         backend_secret = testing.Secret(backend_content, id=BACKEND_SECRET.id)
@@ -217,4 +221,6 @@ def test_validator_only_ever_raises_config_errors(config: dict[str, Any]) -> Non
         CharmState.from_config(config, read_secret=read_secret_from(state))
     except CharmConfigInvalidError as err:
         assert err.errors
-        assert all(message.split(":", 1)[0] in (*OPTIONS, "redis relation") for message in err.errors)
+        assert all(
+            message.split(":", 1)[0] in (*OPTIONS, "redis relation") for message in err.errors
+        )

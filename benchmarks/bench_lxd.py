@@ -1,0 +1,104 @@
+"""LXD: instance start and cold job pickup on real system containers from the bench runner image.
+
+* ``lxd_launch_s``: the LXD backend's ``create`` (container from the runner image, the JIT config in
+  ``user.jitconfig``, the rendered user-data) until that runner is online at the emulator -- the instance
+  start of the cold target, without the manager. Median of the samples.
+* ``pickup_cold_lxd_{p50,p95,max}_s``: as in bench_pickup (cold, webhooks on), with the ``lxd`` backend;
+  ``pickup_cold_lxd_poll_*`` with webhooks lost (full mode).
+
+The emulator listens on the lxdbr0 address so the containers reach it; the manager and the webhook stay on
+loopback. Every container is removed afterwards (by the manager's prefix).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from bench_image import ensure_image, lxd_ready
+from bench_pickup import PREFIX, Scenario, measure_launch, record, run_scenario
+from bench_support import Context, Figures, Skip, start_redis, summary
+
+NAME = "lxd"
+KEYS = ["lxd_launch_s", "pickup_cold_lxd_p95_s"]
+GROUP_SIZE = {"cpu": 1, "memory": "1GiB", "disk": "8GiB"}
+
+
+def bridge_address(network: str = "lxdbr0") -> str:
+    """The host's IPv4 address on the LXD bridge."""
+    out = subprocess.run(
+        ["lxc", "network", "get", network, "ipv4.address"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    if not out or out == "none":
+        raise Skip(f"LXD network {network} has no IPv4 address")
+    return out.split("/", 1)[0]
+
+
+def lxd_cleanup(config: dict[str, Any]) -> None:
+    from github_runner_manager.backends.lxd import LXDBackend
+
+    backend = LXDBackend(config["backends"]["lxd"], prefix=PREFIX)
+    try:
+        backend.remove_all(f"{PREFIX}-")
+    finally:
+        backend.close()
+
+
+def run(ctx: Context) -> Figures:
+    figures = Figures()
+    reason = lxd_ready()
+    if reason:
+        figures.null(KEYS, reason)
+        return figures
+    try:
+        alias = ensure_image(ctx)
+    except Skip as exc:
+        figures.null(KEYS, str(exc))
+        return figures
+    host = bridge_address()
+    group = {"image": alias, **GROUP_SIZE}
+    settings: dict[str, Any] = {}
+    figures.details["lxd"] = {"image": alias, "bridge_address": host, "size": GROUP_SIZE}
+    launch = measure_launch(
+        ctx, backend_name="lxd", settings=settings, samples=1 if ctx.quick else 5, host=host,
+        group_extra=group, timeout=300,
+    )  # fmt: skip
+    figures.details["lxd"]["launch"] = launch
+    online = summary(launch["online_s"])
+    created = summary(launch["create_s"])
+    if online["p50"] is None:
+        figures.set(
+            "lxd_launch_s", None, "no container came online: " + "; ".join(launch["failures"])[:400]
+        )
+    else:
+        figures.set("lxd_launch_s", online["p50"])
+        figures.set("lxd_launch_max_s", online["max"])
+    if created["p50"] is not None:
+        figures.set("lxd_create_api_s", created["p50"])
+    redis = start_redis(ctx.tmp / "redis-lxd")
+    try:
+        cold = Scenario(
+            "cold_lxd", "lxd", settings, min_idle=0, webhook=True, jobs=1 if ctx.quick else 6,
+            poll_interval=30.0, group_extra=group, host=host, job_timeout=300,
+        )  # fmt: skip
+        ctx.log(f"lxd: cold pickup, {cold.jobs} jobs")
+        record(figures, "cold_lxd", run_scenario(ctx, redis, cold, lxd_cleanup))
+        if ctx.quick:
+            record(figures, "cold_lxd_poll", None, "skipped in quick mode")
+        else:
+            from github_runner_manager.config import GitHubConfig
+
+            poll = float(GitHubConfig.model_fields["poll_interval"].default)
+            cold_poll = Scenario(
+                "cold_lxd_poll", "lxd", settings, min_idle=0, webhook=False, jobs=4, poll_interval=poll,
+                group_extra=group, host=host, job_timeout=300,
+            )  # fmt: skip
+            ctx.log(f"lxd: cold pickup, webhooks lost, {cold_poll.jobs} jobs")
+            record(figures, "cold_lxd_poll", run_scenario(ctx, redis, cold_poll, lxd_cleanup))
+    finally:
+        redis.stop()
+    return figures

@@ -1,0 +1,469 @@
+"""Job pickup latency: a job queued at the emulator → a runner has taken it (the emulator's ``queued_at``
+and ``started_at`` of the job), p50 / p95 / max.
+
+The manager runs as an operator runs it -- ``github-runner-manager --config FILE run`` in its own process,
+with Redis, the webhook endpoint and the job consumers -- against the emulator in this process. Runners are
+real processes: the Fake backend in ``local`` mode starts the emulator's runner application with the JIT
+config, which connects, long-polls, runs the job's step and exits (ephemeral).
+
+Scenarios (``pickup_<scenario>_{p50,p95,max}_s``):
+
+* ``warm``: ``min_idle`` ≥ the jobs queued at once; each round queues ``min_idle`` jobs together, then waits
+  for the pool to refill (reconcile every 5 s in these scenarios, so the rounds do not wait a minute).
+* ``cold_fake_0_5`` / ``cold_fake_2``: ``min_idle`` 0, create latency 0.5 s / 2 s; one job at a time.
+* ``..._poll``: the same with webhooks lost (no delivery reaches the manager): only the conditional poll
+  (``github.poll_interval``, default 30 s) finds the jobs; jobs are queued at even offsets over one poll
+  interval so the figures sample the whole wait.
+
+``fake_launch_<latency>_s`` is the instance start of the cold target ("cold ≤ instance start + 2 s"): the
+Fake backend's ``create`` with a fresh JIT config until that runner is online at the emulator, without the
+manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench_support import (
+    Context,
+    Figures,
+    ManagerProcess,
+    free_port,
+    manager_config,
+    port_open,
+    runner_tarball,
+    start_emulator,
+    start_redis,
+    summary,
+    wait_for,
+    write_secret,
+)
+
+NAME = "pickup"
+KEYS = ["pickup_warm_p95_s"]
+ORG = "pickup-org"
+REPO = f"{ORG}/app"
+TOKEN = "ghp_bench_pickup_token"
+SECRET = "bench-webhook-secret"
+PREFIX = "bp"
+GROUP = "bench"
+LABELS = ["self-hosted", "linux", "x64", "bench"]
+JOB_LABELS = ["self-hosted", "bench"]
+#: reconcile interval of the pickup scenarios (refills the warm pool between rounds)
+RECONCILE_INTERVAL = 5.0
+
+
+@dataclass
+class Scenario:
+    """One pickup measurement."""
+
+    name: str
+    backend: str
+    backend_settings: dict[str, Any]
+    min_idle: int
+    webhook: bool
+    jobs: int
+    poll_interval: float
+    group_extra: dict[str, Any] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    start_timeout: float = 120.0
+    job_timeout: float = 120.0
+
+
+@dataclass
+class Outcome:
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    #: cold jobs taken by a runner that existed before they were queued (left out of the cold figures)
+    not_cold: list[float] = field(default_factory=list)
+    manager_pickup: dict[str, Any] = field(default_factory=dict)
+    setup_s: float = 0.0
+
+
+def _runners(emu: Any) -> list[Any]:
+    with emu.state.lock:
+        return [r for r in emu.state.runners.values() if r.name.startswith(f"{PREFIX}-")]
+
+
+def idle_online(emu: Any) -> int:
+    """Runners of ours the emulator would give a job to right now."""
+    state = emu.state
+    with state.lock:
+        return sum(
+            1
+            for r in state.runners.values()
+            if r.name.startswith(f"{PREFIX}-")
+            and r.job_id is None
+            and r.jobs_done == 0
+            and state.is_online(r)
+        )
+
+
+def list_requests(emu: Any) -> int:
+    stats = emu.emulator.stats
+    with stats._lock:  # read-only
+        return int(
+            sum(
+                v
+                for k, v in stats.requests.items()
+                if k.startswith("actions/list-self-hosted-runners")
+            )
+        )
+
+
+def run_scenario(
+    ctx: Context, redis: Any, sc: Scenario, cleanup: Callable[[dict[str, Any]], None]
+) -> Outcome:
+    """Start an emulator and a manager process for ``sc``, queue its jobs, collect the latencies."""
+    outcome = Outcome()
+    emu = start_emulator(host=sc.host, orgs=[ORG], repos=[REPO], tokens=[TOKEN])
+    redis.flush()
+    work = ctx.tmp / f"pickup-{sc.name}-{uuid.uuid4().hex[:6]}"
+    token_file = write_secret(work / "token", TOKEN)
+    webhook = None
+    if sc.webhook:
+        port = free_port()
+        secret_file = write_secret(work / "webhook-secret", SECRET)
+        webhook = {"listen": f"127.0.0.1:{port}", "secret_file": str(secret_file)}
+        emu.control.add_hook(f"http://127.0.0.1:{port}/webhook", SECRET, org=ORG)
+    group = {
+        "name": GROUP, "labels": LABELS, "backend": sc.backend, "min_idle": sc.min_idle,
+        "max_runners": max(10, 2 * sc.min_idle), **sc.group_extra,
+    }  # fmt: skip
+    config = manager_config(
+        github_url=emu.url,
+        token_file=token_file,
+        redis_url=redis.url,
+        paths=[ORG],
+        state_dir=work / "state",
+        group=group,
+        backends={sc.backend: sc.backend_settings},
+        prefix=PREFIX,
+        unit="bench-pickup",
+        webhook=webhook,
+        reconcile_interval=RECONCILE_INTERVAL,
+        github={"poll_interval": sc.poll_interval},
+    )
+    proc: ManagerProcess | None = None
+    try:
+        started = time.monotonic()
+        proc = ManagerProcess(config, work / "manager")
+        if webhook is not None:
+            wait_for(
+                lambda: proc.check() or port_open("127.0.0.1", port),
+                60,
+                "the manager's webhook endpoint",
+            )
+        if sc.min_idle:
+            wait_for(
+                lambda: proc.check() or idle_online(emu) >= sc.min_idle,
+                sc.start_timeout,
+                f"{sc.min_idle} idle runners online",
+                interval=0.1,
+            )
+        else:
+            wait_for(
+                lambda: proc.check() or list_requests(emu) > 0, 60, "the manager's first reconcile"
+            )
+        outcome.setup_s = time.monotonic() - started
+
+        def queue() -> int:
+            return int(emu.control.queue_job(REPO, JOB_LABELS, ["true"]))
+
+        def wait_started(job_ids: list[int], timeout: float) -> None:
+            def started_all() -> bool:
+                proc.check()
+                return all(emu.state.jobs[j].started_at is not None for j in job_ids)
+
+            try:
+                wait_for(started_all, timeout, f"jobs {job_ids} to start", interval=0.05)
+            except TimeoutError as exc:
+                outcome.failures.append(str(exc))
+
+        def collect(job_ids: list[int], before: set[int] | None = None) -> None:
+            for job_id in job_ids:
+                job = emu.state.jobs[job_id]
+                if job.started_at is None:
+                    continue
+                latency = job.started_at - job.queued_at
+                if before is not None and job.runner_id in before:
+                    outcome.not_cold.append(latency)
+                else:
+                    outcome.latencies.append(latency)
+
+        def spare() -> int:
+            """Runners of ours that have not taken a job yet (idle, or registered and still starting)."""
+            return sum(1 for r in _runners(emu) if r.job_id is None and r.jobs_done == 0)
+
+        if sc.min_idle:
+            burst = sc.min_idle
+            for _round in range(math.ceil(sc.jobs / burst)):
+                ids = [queue() for _ in range(burst)]
+                wait_started(ids, sc.job_timeout)
+                collect(ids)
+                try:
+                    wait_for(
+                        lambda: proc.check() or idle_online(emu) >= sc.min_idle,
+                        sc.start_timeout,
+                        "the warm pool to refill",
+                        interval=0.1,
+                    )
+                except TimeoutError as exc:
+                    outcome.failures.append(str(exc))
+                    break
+        elif sc.webhook:
+            for _ in range(sc.jobs):
+                # a cold job finds no spare runner: wait out any surplus the last one left (reconcile removes it)
+                try:
+                    wait_for(
+                        lambda: spare() == 0, 60, "no spare runner before a cold job", interval=0.1
+                    )
+                except TimeoutError as exc:
+                    outcome.failures.append(str(exc))
+                before = {r.id for r in _runners(emu)}
+                ids = [queue()]
+                wait_started(ids, sc.job_timeout)
+                collect(ids, before)
+        else:
+            # poll only: jobs at even offsets over one poll interval, all waiting for the poll
+            before = {r.id for r in _runners(emu)}
+            ids = []
+            t0 = time.monotonic()
+            for i in range(sc.jobs):
+                delay = t0 + i * sc.poll_interval / sc.jobs - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # the schedule of the workload, not a wait for a condition
+                ids.append(queue())
+            wait_started(ids, sc.job_timeout + sc.poll_interval)
+            collect(ids, before)
+        try:
+            from github_runner_manager.store import Store
+
+            outcome.manager_pickup = Store(redis.url, key_prefix="ghrm").pickup_percentiles(GROUP)
+        except Exception as exc:  # a cross-check only
+            outcome.manager_pickup = {"error": str(exc)}
+    finally:
+        if proc is not None:
+            proc.stop()
+            if not proc.log_path.exists() or outcome.failures:
+                outcome.failures.append(f"manager log tail: {proc.tail()}")
+        try:
+            cleanup(config)
+        finally:
+            emu.stop()
+    return outcome
+
+
+def fake_cleanup(config: dict[str, Any]) -> None:
+    """Kill whatever runner processes the stopped manager left (the Fake backend's state file knows them)."""
+    from github_runner_manager.backends.fake import FakeBackend
+
+    backend = FakeBackend(config["backends"]["fake"], prefix=PREFIX)
+    backend.remove_all(f"{PREFIX}-")
+
+
+def fake_settings(ctx: Context, latency: float) -> dict[str, Any]:
+    tarball = ctx.shared.get("runner_tarball")
+    if tarball is None:
+        tarball, _sha, _version = runner_tarball(ctx.tmp / "runner-app")
+        ctx.shared["runner_tarball"] = tarball
+    work = ctx.tmp / f"fake-{uuid.uuid4().hex[:6]}"
+    return {
+        "mode": "local",
+        "create_latency": latency,
+        "runner_tarball": str(tarball),
+        "work_dir": str(work),
+        "state_file": str(work / "instances.json"),
+    }
+
+
+def measure_launch(
+    ctx: Context,
+    *,
+    backend_name: str,
+    settings: dict[str, Any],
+    samples: int,
+    host: str = "127.0.0.1",
+    group_extra: dict[str, Any] | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Instance start without the manager: ``create`` with a fresh JIT config → the runner is online.
+
+    Returns the per-sample seconds of ``create`` returning and of the runner being online, and failures.
+    """
+    from github_runner_manager.backends.base import (
+        TAG_GROUP,
+        TAG_OWNER,
+        TAG_PREFIX,
+        TAG_UNIT,
+        InstanceSpec,
+    )
+    from github_runner_manager.backends.registry import create_backend
+    from github_runner_manager.config import GitHubPath, parse_config
+    from github_runner_manager.github import GitHubClient
+    from github_runner_manager.templates import build_context, render_user_data
+
+    emu = start_emulator(host=host, orgs=[ORG], repos=[REPO], tokens=[TOKEN])
+    created: list[float] = []
+    online: list[float] = []
+    failures: list[str] = []
+    backend = create_backend(backend_name, settings, prefix=PREFIX)
+    github = GitHubClient(emu.url, TOKEN)
+    names: list[str] = []
+    try:
+        cfg = parse_config(
+            manager_config(
+                github_url=emu.url, token_file=write_secret(ctx.tmp / "launch-token", TOKEN),
+                redis_url="redis://127.0.0.1:1/0", paths=[ORG], state_dir=ctx.tmp / "launch-state",
+                group={"name": GROUP, "labels": LABELS, "backend": backend_name, **(group_extra or {})},
+                backends={backend_name: settings}, prefix=PREFIX,
+            )
+        )  # fmt: skip
+        group = cfg.runner_groups[0]
+        path = GitHubPath.parse(ORG)
+        for _ in range(samples):
+            name = f"{PREFIX}-{GROUP}-l{uuid.uuid4().hex[:5]}"
+            jit = github.generate_jit_config(path, name, LABELS)
+            context = build_context(
+                cfg, runner_name=name, group=group, path=path, jit_config=jit.encoded, labels=LABELS,
+                info="benchmark launch", backend=backend_name,
+            )  # fmt: skip
+            spec = InstanceSpec(
+                name=name, group=GROUP, image=group.image, cpu=group.cpu, memory=group.memory, disk=group.disk,
+                user_data=render_user_data(context), jit_config=jit.encoded,
+                tags={TAG_PREFIX: PREFIX, TAG_UNIT: "bench-launch", TAG_GROUP: GROUP, TAG_OWNER: ORG},
+                extra={},
+            )  # fmt: skip
+            names.append(name)
+            t0 = time.monotonic()
+            try:
+                backend.create(spec)
+                created.append(time.monotonic() - t0)
+                runner_id = jit.runner_id
+
+                def is_online(runner_id: int = runner_id) -> bool:
+                    runner = emu.state.runners.get(runner_id)
+                    return runner is not None and runner.connected_at is not None
+
+                wait_for(is_online, timeout, f"runner {name} online", interval=0.02)
+                online.append(time.monotonic() - t0)
+            except Exception as exc:  # reported with the figure
+                failures.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
+            finally:
+                try:
+                    backend.delete(name)
+                except Exception as exc:
+                    failures.append(f"delete {name}: {exc}"[:200])
+    finally:
+        for name in names:
+            with contextlib.suppress(Exception):  # best effort; failures were reported above
+                backend.delete(name)
+        backend.close()
+        github.close()
+        emu.stop()
+    return {"create_s": created, "online_s": online, "failures": failures}
+
+
+def record(figures: Figures, key: str, outcome: Outcome | None, reason: str | None = None) -> None:
+    """``pickup_<key>_{p50,p95,max}_s`` from an outcome (null with the reason when it produced nothing)."""
+    names = [f"pickup_{key}_{s}_s" for s in ("p50", "p95", "max")]
+    if outcome is None:
+        figures.null(names, reason or "not measured")
+        return
+    stats = summary(outcome.latencies)
+    figures.details.setdefault("pickup", {})[key] = {
+        **stats,
+        "latencies": [round(x, 4) for x in outcome.latencies],
+        "failures": outcome.failures,
+        "not_cold": [round(x, 4) for x in outcome.not_cold],
+        "setup_s": round(outcome.setup_s, 2),
+        "manager_recorded_pickup": outcome.manager_pickup,
+    }
+    if not outcome.latencies:
+        figures.null(names, "no job started: " + "; ".join(outcome.failures)[:400])
+        return
+    for name, stat in zip(names, ("p50", "p95", "max"), strict=True):
+        figures.set(name, stats[stat])
+
+
+def _latency_key(latency: float) -> str:
+    return f"{latency:g}".replace(".", "_")
+
+
+def run(ctx: Context) -> Figures:
+    figures = Figures()
+    from github_runner_manager.config import GitHubConfig
+
+    default_poll = float(GitHubConfig.model_fields["poll_interval"].default)
+    poll_interval = 3.0 if ctx.quick else default_poll
+    latencies = (0.5,) if ctx.quick else (0.5, 2.0)
+    redis = start_redis(ctx.tmp / "redis-pickup")
+    figures.details["pickup_settings"] = {
+        "reconcile_interval_s": RECONCILE_INTERVAL,
+        "poll_interval_s": poll_interval,
+        "backend": "fake (local mode: one runner-app process per instance)",
+    }
+    try:
+        # warm pool, webhooks (and poll) on
+        warm_idle = 2 if ctx.quick else 4
+        warm = Scenario(
+            "warm", "fake", fake_settings(ctx, 0.0), min_idle=warm_idle, webhook=True,
+            jobs=warm_idle if ctx.quick else 40, poll_interval=poll_interval,
+        )  # fmt: skip
+        ctx.log(f"pickup: warm pool of {warm_idle}, {warm.jobs} jobs")
+        record(figures, "warm", run_scenario(ctx, redis, warm, fake_cleanup))
+        if ctx.quick:
+            record(figures, "warm_poll", None, "skipped in quick mode")
+        else:
+            warm_poll = Scenario(
+                "warm_poll", "fake", fake_settings(ctx, 0.0), min_idle=warm_idle, webhook=False,
+                jobs=12, poll_interval=poll_interval,
+            )  # fmt: skip
+            ctx.log("pickup: warm pool, webhooks lost")
+            record(figures, "warm_poll", run_scenario(ctx, redis, warm_poll, fake_cleanup))
+        for latency in (0.5, 2.0):
+            key = _latency_key(latency)
+            if latency not in latencies:
+                record(figures, f"cold_fake_{key}", None, "skipped in quick mode")
+                record(figures, f"cold_fake_{key}_poll", None, "skipped in quick mode")
+                figures.set(f"fake_launch_{key}_s", None, "skipped in quick mode")
+                continue
+            launch = measure_launch(
+                ctx,
+                backend_name="fake",
+                settings=fake_settings(ctx, latency),
+                samples=2 if ctx.quick else 5,
+            )
+            figures.details.setdefault("fake_launch", {})[key] = launch
+            online = summary(launch["online_s"])
+            if online["p50"] is None:
+                figures.set(
+                    f"fake_launch_{key}_s", None, "; ".join(launch["failures"])[:400] or "no sample"
+                )
+            else:
+                figures.set(f"fake_launch_{key}_s", online["p50"])
+            cold = Scenario(
+                f"cold_fake_{key}", "fake", fake_settings(ctx, latency), min_idle=0, webhook=True,
+                jobs=2 if ctx.quick else 10, poll_interval=poll_interval,
+            )  # fmt: skip
+            ctx.log(f"pickup: cold, create latency {latency:g}s, {cold.jobs} jobs")
+            record(figures, f"cold_fake_{key}", run_scenario(ctx, redis, cold, fake_cleanup))
+            cold_poll = Scenario(
+                f"cold_fake_{key}_poll", "fake", fake_settings(ctx, latency), min_idle=0, webhook=False,
+                jobs=2 if ctx.quick else 8, poll_interval=poll_interval,
+            )  # fmt: skip
+            ctx.log(
+                f"pickup: cold, create latency {latency:g}s, webhooks lost, {cold_poll.jobs} jobs"
+            )
+            record(
+                figures, f"cold_fake_{key}_poll", run_scenario(ctx, redis, cold_poll, fake_cleanup)
+            )
+    finally:
+        redis.stop()
+    return figures
