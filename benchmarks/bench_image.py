@@ -159,15 +159,21 @@ def run(ctx: Context) -> Figures:
         ctx.shared["runner_image_alias"] = warm.alias
         return figures
 
+    from github_runner_manager.image import ImageBuildError
+
     cold_cache = BENCH_CACHE / f"cold-{int(time.time())}"
     if cold_cache.exists():
         shutil.rmtree(cold_cache)
     cold_cache.mkdir(parents=True)
     try:
-        opts = options(app, cold_cache, cold_cache / "build.log")
+        opts = options(app, cold_cache, BENCH_CACHE / "build-cold.log")
         ctx.log("image: cold build (empty cache; mmdebstrap from the mirror)")
         started = time.monotonic()
-        cold = build_runner_image(opts)
+        try:
+            cold = build_runner_image(opts)
+        except ImageBuildError as exc:
+            details["cold_error"] = {"step": exc.step, "exit_code": exc.exit_code, "output": exc.output[-3000:]}
+            raise
         details["cold"] = {
             "script_s": cold.seconds,
             "wall_s": time.monotonic() - started,

@@ -345,12 +345,13 @@ class ManagerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def check(self) -> None:
-        """Raise with the log tail when the process has died."""
+    def check(self) -> bool:
+        """Raise with the log tail when the process has died; else False (so it can lead an ``or``)."""
         if not self.alive():
             raise RuntimeError(
                 f"the manager process exited ({self.process.returncode}): {self.tail()}"
             )
+        return False
 
     def tail(self, lines: int = 15) -> str:
         try:

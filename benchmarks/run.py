@@ -74,6 +74,7 @@ def _load(name: str) -> ModuleType:
 def run_one(name: str, ctx: Context) -> Figures:
     """Run one benchmark; failures and skips become null figures with the reason."""
     started = time.monotonic()
+    figures = Figures()
     try:
         module = _load(name)
     except Exception as exc:  # a missing module is reported, not fatal
@@ -82,7 +83,7 @@ def run_one(name: str, ctx: Context) -> Figures:
         return figures
     keys: list[str] = list(getattr(module, "KEYS", []))
     try:
-        figures: Figures = module.run(ctx)
+        figures = module.run(ctx)
     except Skip as exc:
         figures = Figures()
         figures.null(keys, str(exc))

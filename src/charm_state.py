@@ -35,7 +35,8 @@ RUNNER_STORAGES: tuple[str, ...] = get_args(RunnerStorage)
 RedisSource = Literal["option", "relation", "embedded"]
 
 GITHUB_API_URL = "https://api.github.com"
-REDACTED = "<redacted>"
+#: How a secret shows in `to_manager_config(redact=True)` (the same mark as pydantic's SecretStr).
+REDACTED = "**********"
 #: The runner group made from the single-group options (`virtual-machines`, `vm-*`, `labels`).
 DEFAULT_GROUP_NAME = "default"
 MIN_MEMORY = 512 * 1024**2
@@ -101,7 +102,7 @@ _PATH_RE = re.compile(
     rf"^(?:{_ORG}|{_ORG}/(?!\.\.?$)[A-Za-z0-9._-]{{1,100}}|enterprise:[A-Za-z0-9](?:-?[A-Za-z0-9]){{0,99}})$"
 )
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=:-]{0,99}$")
-_GROUP_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+_GROUP_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 _BASE_IMAGE_RE = re.compile(r"^(debian|ubuntu):([a-z0-9][a-z0-9.]{0,31})$")
 _REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "unix")
@@ -144,7 +145,7 @@ class RunnerGroupConfig(BaseModel):
     disk: int = Field(ge=1)
     min_idle: int = Field(ge=0)
     max_runners: int = Field(ge=0)
-    github_group: str
+    runner_group: str
     max_lifetime: float | None = None
 
     def to_manager_config(self) -> dict[str, Any]:
@@ -161,7 +162,7 @@ class RunnerGroupConfig(BaseModel):
             disk=format_size(self.disk),
             min_idle=self.min_idle,
             max_runners=self.max_runners,
-            github_group=self.github_group,
+            runner_group=self.runner_group,
         )
         if self.max_lifetime is not None:
             group["max_lifetime"] = format_duration(self.max_lifetime)
@@ -291,7 +292,7 @@ class CharmState(BaseModel):
 
         Secrets are inline (`github.token`, `webhook.secret`, `backends.*`, the Redis URL's
         password) so the caller can write the file with mode 0600; `redact=True` replaces every
-        secret value with `<redacted>`, for display.
+        secret value with `REDACTED` (`**********`), for display.
         """
         github: dict[str, Any] = {
             "url": GITHUB_API_URL,
@@ -303,16 +304,14 @@ class CharmState(BaseModel):
             config["webhook"] = {
                 "secret": REDACTED if redact else self.webhook_secret.get_secret_value()
             }
-        redis_url = self.redis_url
-        if redact and redis_url is not None:
-            redis_url = redact_url(redis_url)
-        config["redis"] = {"url": redis_url}
+        # No URL: the manager's default, the redis-server on this unit.
+        config["redis"] = {}
+        if self.redis_url is not None:
+            config["redis"]["url"] = redact_url(self.redis_url) if redact else self.redis_url
         config["reconcile_interval"] = format_duration(self.reconcile_interval)
         config["max_total_runners"] = self.max_total_runners
         config["per_owner_max_runners"] = self.per_owner_max_runners
         config["denylist"] = list(self.denylist)
-        mirror = self.dockerhub_mirror
-        config["dockerhub_mirror"] = redact_url(mirror) if redact and mirror else mirror
         config["runner_groups"] = [group.to_manager_config() for group in self.runner_groups]
         config["backends"] = {
             name: _redact_values(settings) if redact else _plain(settings)
@@ -322,7 +321,7 @@ class CharmState(BaseModel):
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by `<redacted>`."""
+    """The URL with any password replaced by `REDACTED`."""
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -337,7 +336,7 @@ def redact_url(url: str) -> str:
 
 
 def _redact_values(value: Any) -> Any:
-    """Keep a mapping's shape, replace every leaf with `<redacted>`."""
+    """Keep a mapping's shape, replace every leaf with `REDACTED`."""
     if isinstance(value, Mapping):
         return {key: _redact_values(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -795,7 +794,7 @@ class _Parser:
             disk=disk,
             min_idle=count,
             max_runners=count,
-            github_group=github_group,
+            runner_group=github_group,
         )
         return (group,)
 
@@ -889,7 +888,7 @@ class _Parser:
             disk=field("disk", lambda v: _size(v, MIN_DISK, "1GiB"), parse_size("10GiB")),
             min_idle=min_idle,
             max_runners=max_runners,
-            github_group=group,
+            runner_group=group,
             max_lifetime=field("max-lifetime", self._lifetime, None),
         )
 
@@ -897,7 +896,7 @@ class _Parser:
     def _group_name(value: Any) -> str:
         if not isinstance(value, str) or not _GROUP_NAME_RE.match(value):
             raise ValueError(
-                f"{_quote(value)} is not a group name (up to 32 lower-case letters, digits and -)"
+                f"{_quote(value)} is not a group name (up to 20 lower-case letters, digits and -)"
             )
         return value
 

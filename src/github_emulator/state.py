@@ -992,7 +992,7 @@ class EmulatorState:
             self._finish(job, conclusion)
             return runner.id not in self.runners
 
-    def _finish(self, job: Job, conclusion: str) -> None:
+    def _finish(self, job: Job, conclusion: str, runner_lost: bool = False) -> None:
         now = time.time()
         job.status = "completed"
         self.queued.pop(job.id, None)
@@ -1016,7 +1016,8 @@ class EmulatorState:
             runner.job_id = None
             runner.sim_complete_at = None
             runner.jobs_done += 1
-            if runner.ephemeral:
+            # A lost runner stays registered (offline) until someone deletes it, as on GitHub.
+            if runner.ephemeral and not runner_lost:
                 self._remove_runner(runner, reason="ephemeral runner finished its job")
         self.changed.notify_all()
 
@@ -1091,7 +1092,7 @@ class EmulatorState:
                     job = self.jobs.get(runner.job_id)
                     if job is not None and job.status == "in_progress":
                         logger.info("event=runner_lost runner_id=%s job_id=%s", runner.id, job.id)
-                        self._finish(job, "failure")
+                        self._finish(job, "failure", runner_lost=True)
                         continue
                 if runner.simulated:
                     if runner.job_id is None:

@@ -143,7 +143,9 @@ def run(ctx: typer.Context) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
+    faulthandler.register(
+        signal.SIGUSR1, all_threads=True
+    )  # `kill -USR1 PID` dumps every thread's stack
     try:
         manager.serve(stop)
     finally:
@@ -154,14 +156,19 @@ def run(ctx: typer.Context) -> None:
 def reconcile(
     ctx: typer.Context,
     quantity: Annotated[
-        int | None, typer.Option(help="Idle runners wanted per group (overrides min_idle and pending jobs).", min=0)
+        int | None,
+        typer.Option(
+            help="Idle runners wanted per group (overrides min_idle and pending jobs).", min=0
+        ),
     ] = None,
 ) -> None:
     """Converge this unit's fleet once; prints intended minus actual runners and the group table."""
     manager = _manager(ctx)
     try:
         delta = manager.reconcile(quantity=quantity)
-        _echo(f"reconciled unit {manager.unit}: {delta:+d} runners (intended - actual before this pass)")
+        _echo(
+            f"reconciled unit {manager.unit}: {delta:+d} runners (intended - actual before this pass)"
+        )
         _echo(manager.info())
     finally:
         manager.close()
@@ -170,7 +177,9 @@ def reconcile(
 @app.command()
 def flush(
     ctx: typer.Context,
-    busy: Annotated[bool, typer.Option("--busy", help="Also remove runners that are running a job.")] = False,
+    busy: Annotated[
+        bool, typer.Option("--busy", help="Also remove runners that are running a job.")
+    ] = False,
 ) -> None:
     """Remove this unit's runners (idle ones; with --busy all of them), and any orphans."""
     manager = _manager(ctx)
@@ -207,7 +216,9 @@ def dumpconfig(ctx: typer.Context) -> None:
 @app.command("update-runner-bin")
 def update_runner_bin(
     ctx: typer.Context,
-    check: Annotated[bool, typer.Option("--check", help="Only say whether a newer version exists.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only say whether a newer version exists.")
+    ] = False,
 ) -> None:
     """Download the latest runner application (sha256-verified) into the manager's cache."""
     manager = _manager(ctx)
@@ -215,10 +226,14 @@ def update_runner_bin(
         if check:
             newer = manager.check_runner_bin()
             latest = manager.get_latest_runner_bin_url()
-            _echo(f"latest runner {latest.version}: {'update available' if newer else 'up to date'}")
+            _echo(
+                f"latest runner {latest.version}: {'update available' if newer else 'up to date'}"
+            )
             return
         binary = manager.update_runner_bin()
-        _echo(f"runner {binary.version} ({binary.os}/{binary.arch}) sha256 {binary.sha256[:12]}... at {binary.path}")
+        _echo(
+            f"runner {binary.version} ({binary.os}/{binary.arch}) sha256 {binary.sha256[:12]}... at {binary.path}"
+        )
     finally:
         manager.close()
 
@@ -227,7 +242,10 @@ def update_runner_bin(
 def build_image(
     ctx: typer.Context,
     schedule: Annotated[
-        int | None, typer.Option(help="Install a cron entry rebuilding every N hours instead of building now.", min=1)
+        int | None,
+        typer.Option(
+            help="Install a cron entry rebuilding every N hours instead of building now.", min=1
+        ),
     ] = None,
 ) -> None:
     """Build the runner image with the cached runner application baked in (or schedule rebuilds)."""
@@ -238,7 +256,9 @@ def build_image(
             _echo(f"image rebuild scheduled every {schedule}h: {path}")
             return
         result = manager.build_runner_image()
-        _echo(f"image {result.alias or '-'} built in {result.seconds:.0f}s (cached: {result.cached})")
+        _echo(
+            f"image {result.alias or '-'} built in {result.seconds:.0f}s (cached: {result.cached})"
+        )
     finally:
         manager.close()
 
@@ -273,14 +293,20 @@ def _exit_code(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, ImageBuildError | ImageBuildUnavailable):
         return 1, f"image build: {exc}"
     if isinstance(exc, OSError):
-        return 1, f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+        return 1, f"{exc.strerror or exc}" + (
+            f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        )
     return 1, f"unexpected {type(exc).__name__}: {exc} (run with --log-level debug for details)"
 
 
 def _is_usage_error(exc: BaseException) -> bool:
     if isinstance(exc, click.ClickException):
         return True
-    return isinstance(exc, typer.TyperException) and callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code")
+    return (
+        isinstance(exc, typer.TyperException)
+        and callable(getattr(exc, "show", None))
+        and hasattr(exc, "exit_code")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"{PROG}: interrupted", err=True)
         code = 130
     except Exception as exc:
-        if _is_usage_error(exc):  # click's (or typer's vendored click's) usage errors: usage + message
+        if _is_usage_error(
+            exc
+        ):  # click's (or typer's vendored click's) usage errors: usage + message
             exc.show()  # type: ignore[attr-defined]
             code = int(exc.exit_code)  # type: ignore[attr-defined]
         else:  # one line for the operator, never a traceback

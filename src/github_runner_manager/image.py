@@ -31,8 +31,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 from croniter import croniter
+
+from github_runner_manager import templates
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class ImageBuildOptions:
     fail_after: str | None = None
     timeout: float = 3600.0
     script: Path | None = None
+    #: the files baked into the image (start script, units); default: the shipped templates/image
     templates_dir: Path | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -146,12 +148,12 @@ def default_script_path() -> Path:
     return _REPO_DIR / "scripts" / SCRIPT_NAME
 
 
-def default_templates_dir() -> Path:
-    """The templates directory: the installed copy, else the checkout's templates/."""
-    for candidate in (_PACKAGE_DIR / "templates", _REPO_DIR / "templates"):
-        if (candidate / CRON_TEMPLATE).is_file():
+def default_image_templates_dir() -> Path:
+    """The files the image build puts into the image: the installed copy, else the checkout's."""
+    for candidate in (_PACKAGE_DIR / "_templates" / "image", _REPO_DIR / "templates" / "image"):
+        if (candidate / "github-runner-start.sh").is_file():
             return candidate
-    return _REPO_DIR / "templates"
+    return _REPO_DIR / "templates" / "image"
 
 
 def build_command(options: ImageBuildOptions) -> list[str]:
@@ -172,7 +174,7 @@ def build_command(options: ImageBuildOptions) -> list[str]:
         ("--log", options.log_file),
         ("--mirror", options.mirror),
         ("--dockerhub-mirror", options.dockerhub_mirror),
-        ("--templates-dir", options.templates_dir),
+        ("--templates-dir", options.templates_dir or default_image_templates_dir()),
         ("--fail-after", options.fail_after),
     ]
     for flag, value in optional:
@@ -389,7 +391,10 @@ def render_schedule(
     user: str = "root",
     templates_dir: Path | None = None,
 ) -> str:
-    """The cron file's text (see :func:`schedule_build_runner_image`)."""
+    """The cron file's text (see :func:`schedule_build_runner_image`).
+
+    ``templates_dir`` is the operator's override directory (a ``cron-image-build.j2`` there wins).
+    """
     if not command:
         raise ValueError("command must not be empty")
     host = hostname if hostname is not None else socket.gethostname()
@@ -397,22 +402,17 @@ def render_schedule(
     for key, value in (env or {}).items():
         if not key.replace("_", "").isalnum() or "\n" in value or "\n" in key:
             raise ValueError(f"cron environment entry {key!r} is not a NAME=value line")
-    loader = jinja2.FileSystemLoader(str(templates_dir or default_templates_dir()))
-    environment = jinja2.Environment(
-        loader=loader,
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - a crontab, not HTML
-    )
-    text = environment.get_template(CRON_TEMPLATE).render(
-        schedule=schedule,
-        interval_hours=interval_hours,
-        user=user,
-        command=_cron_escape(shlex.join(command)),
-        log=_cron_escape(shlex.quote(str(log))),
-        log_dir=_cron_escape(shlex.quote(str(log.parent))),
-        env=dict(env or {}),
-    )
+    context = {
+        "schedule": schedule,
+        "interval_hours": interval_hours,
+        "user": user,
+        "command": _cron_escape(shlex.join(command)),
+        "log": _cron_escape(shlex.quote(str(log))),
+        "log_dir": _cron_escape(shlex.quote(str(log.parent))),
+        "env": dict(env or {}),
+    }
+    # The operator's templates_dir overrides the shipped template, as for every other template.
+    text = templates.render(CRON_TEMPLATE, context, templates_dir=templates_dir)
     line = next(
         (
             candidate

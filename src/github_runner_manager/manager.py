@@ -100,6 +100,8 @@ _DONE_GRACE = 30.0
 #: Pending jobs GitHub no longer lists as queued are dropped once this old (at least 2 poll intervals):
 #: by then a job missing from GitHub's queued list has started or was cancelled, its event lost.
 _PENDING_STALE = 30.0
+#: A runner recorded busy that GitHub shows idle (and no job event says otherwise) for this long is idle.
+_BUSY_STALE = 120.0
 #: GitHub fails a job queued longer than a day.
 _PENDING_MAX_AGE = 86400.0
 #: Heartbeat lifetime of a unit; its pending jobs are adopted by another unit once it lapses.
@@ -328,7 +330,9 @@ class RunnerManager:
         )
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="ghrm-act")
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.concurrency, thread_name_prefix="ghrm-act"
+        )
         self._session = f"{os.getpid()}:{_proc_start(os.getpid()) or '0'}"
         self._creating: set[str] = set()
         self._deleting: set[str] = set()
@@ -439,7 +443,9 @@ class RunnerManager:
     def _unit_alive(self, unit: str) -> bool:
         if unit == self.unit:
             return True
-        return bool(self._redis("unit check", lambda: self.store.client.exists(f"{self._kp}:unit:{unit}")))
+        return bool(
+            self._redis("unit check", lambda: self.store.client.exists(f"{self._kp}:unit:{unit}"))
+        )
 
     def publish_github_stats(self) -> None:
         """Add this process's GitHub usage since the last call to the fleet counters and metrics."""
@@ -464,7 +470,10 @@ class RunnerManager:
             mapping: dict[str | bytes, bytes | float | int | str] = {
                 k: str(v) for k, v in budget.items() if v is not None
             }
-            self._redis("github budget", lambda: self.store.client.hset(f"{self._kp}:github", mapping=mapping))
+            self._redis(
+                "github budget",
+                lambda: self.store.client.hset(f"{self._kp}:github", mapping=mapping),
+            )
 
     # ------------------------------------------------------------------------- pending jobs
     @property
@@ -495,7 +504,9 @@ class RunnerManager:
         )
 
     def _pending_get(self, job_id: int) -> PendingJob | None:
-        raw = self._redis("pending get", lambda: self.store.client.hget(self._pending_key, str(job_id)))
+        raw = self._redis(
+            "pending get", lambda: self.store.client.hget(self._pending_key, str(job_id))
+        )
         if not raw:
             return None
         try:
@@ -632,7 +643,10 @@ class RunnerManager:
                         )
                     )  # fmt: skip
                     continue
-                alive = inst is not None and inst.state in (InstanceState.RUNNING, InstanceState.PENDING)
+                alive = inst is not None and inst.state in (
+                    InstanceState.RUNNING,
+                    InstanceState.PENDING,
+                )
                 if alive and gr is not None and located is not None:
                     # its creator died after the instance started: adopt it
                     if self.store.transition(
@@ -668,6 +682,18 @@ class RunnerManager:
                 and self.store.transition(rec.name, [state], RunnerState.BUSY)
             ):
                 state = RunnerState.BUSY
+            if (
+                state is RunnerState.BUSY
+                and gr is not None
+                and online
+                and not busy_now
+                and rec.name not in obs.unfinished
+                and now - (rec.busy_since or rec.updated_at) > _BUSY_STALE
+                and self.store.transition(
+                    rec.name, [RunnerState.BUSY], RunnerState.IDLE, job_id=None
+                )
+            ):
+                state = RunnerState.IDLE  # its job ended but the completed event never came
             husk = b_ok and (
                 inst is None or inst.state in (InstanceState.STOPPED, InstanceState.ERROR)
             )
@@ -677,9 +703,7 @@ class RunnerManager:
                 self._offline_since.setdefault(rec.name, now)
             else:
                 self._offline_since.pop(rec.name, None)
-            claimed = (
-                rec.job_id is not None and state in _WAITING and rec.job_id in obs.pending
-            )
+            claimed = rec.job_id is not None and state in _WAITING and rec.job_id in obs.pending
             if husk:
                 state, job_unfinished, busy_now = RunnerState.DONE, False, False
             elif gh_ok and gr is None and state is not RunnerState.DONE:
@@ -797,11 +821,17 @@ class RunnerManager:
         with self._reconcile_lock:
             deadline = time.monotonic() + wait
             while True:
-                if self._redis("unit lock", lambda: client.set(key, self._session, nx=True, px=int(ttl * 1000))):
+                if self._redis(
+                    "unit lock", lambda: client.set(key, self._session, nx=True, px=int(ttl * 1000))
+                ):
                     break
                 holder = self._redis("unit lock", lambda: client.get(key)) or ""
                 if holder and not self._session_alive_text(holder):
-                    logger.warning("breaking the reconcile lock of unit %s left by dead process %s", self.unit, holder)
+                    logger.warning(
+                        "breaking the reconcile lock of unit %s left by dead process %s",
+                        self.unit,
+                        holder,
+                    )
                     self._hdel_if(key, holder)
                     continue
                 if time.monotonic() > deadline:
@@ -838,7 +868,10 @@ class RunnerManager:
         # settle what dead processes left first: their records still count against the caps
         self._wait(
             [self._submit(self._remove_stale, rec, obs) for rec in settled.stale]
-            + [self._submit(self._delete_runner, r.name, "resume", allow_busy=True) for r in settled.resume]
+            + [
+                self._submit(self._delete_runner, r.name, "resume", allow_busy=True)
+                for r in settled.resume
+            ]
         )
         futures: list[Future[Any]] = []
         demands = self._demands(obs, quantity)
@@ -859,7 +892,11 @@ class RunnerManager:
         plan = planner.plan(inp)
         for delete in plan.deletes:
             if delete.name in settled.uncertain and delete.reason != "done":
-                logger.info("delete of %s (%s) skipped: uncertain data this cycle", delete.name, delete.reason)
+                logger.info(
+                    "delete of %s (%s) skipped: uncertain data this cycle",
+                    delete.name,
+                    delete.reason,
+                )
                 continue
             futures.append(self._submit(self._delete_runner, delete.name, delete.reason))
         for name in plan.cleanups:
@@ -867,15 +904,25 @@ class RunnerManager:
         for owner, runner_id in plan.github_removals:
             futures.append(self._submit(self._remove_github_runner, owner, runner_id))
         created = 0
+        started: list[str] = []
         for create in plan.creates:
             group = self._group(create.group)
             if group is None:
                 continue
-            names = self._create_runners(group, GitHubPath.parse(create.owner), create.count, sizing=resources, reason=create.reason, wait=False)
+            names = self._create_runners(
+                group,
+                GitHubPath.parse(create.owner),
+                create.count,
+                sizing=resources,
+                reason=create.reason,
+                wait=False,
+            )
             created += len(names)
-        dedicated = self._serve_dedicated(obs)
+            started += names
+        sized = self._serve_dedicated(obs)
+        dedicated = len(sized)
         self._wait(futures)
-        self.wait_idle()
+        self._wait_created(started + sized)
         logger.info(
             "reconcile unit=%s: %d runners, +%d created (%d for sized jobs), -%d deleted, %d orphan "
             "instances, %d orphan GitHub runners, %d stale creations",
@@ -903,20 +950,17 @@ class RunnerManager:
             )
         return demands
 
-    def _serve_dedicated(self, obs: _Observation) -> int:
+    def _serve_dedicated(self, obs: _Observation) -> list[str]:
         """Create a runner for each pending sized job of this unit that has no live runner of its own."""
         claimed = {
-            r.job_id
-            for r in obs.records.values()
-            if r.job_id is not None and r.state in _WAITING
+            r.job_id for r in obs.records.values() if r.job_id is not None and r.state in _WAITING
         }
-        count = 0
+        started: list[str] = []
         for job in sorted(obs.pending.values(), key=lambda j: j.queued_at):
             if job.unit != self.unit or not job.tokens or job.job_id in claimed:
                 continue
-            if self._ensure_dedicated(job, wait=False):
-                count += 1
-        return count
+            started += self._ensure_dedicated(job, wait=False)
+        return started
 
     def _adopt_pending(self) -> None:
         """Take over pending jobs of units whose heartbeat lapsed (a dead unit owes them a runner)."""
@@ -925,7 +969,9 @@ class RunnerManager:
                 continue
             adopted = PendingJob(**{**asdict(job), "unit": self.unit, "runner": None})
             if self._pending_replace(job, adopted):
-                logger.info("pending job %d adopted from unit %s (no heartbeat)", job.job_id, job.unit)
+                logger.info(
+                    "pending job %d adopted from unit %s (no heartbeat)", job.job_id, job.unit
+                )
 
     def _prune_pending(self, obs: _Observation) -> None:
         """Drop pending jobs that started, finished or aged out, and release their runners' claims."""
@@ -980,6 +1026,16 @@ class RunnerManager:
             with contextlib.suppress(Exception):
                 future.result()
 
+    def _wait_created(self, names: Iterable[str], timeout: float = 600.0) -> None:
+        """Wait until the creates of ``names`` (started by this process) finished, one way or another."""
+        pending = set(names)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            with self._inflight_lock:
+                pending &= self._creating
+            if pending:
+                time.sleep(0.02)
+
     def wait_idle(self, timeout: float = 600.0) -> bool:
         """Wait until no create or delete started by this process is running; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -1003,6 +1059,13 @@ class RunnerManager:
     ) -> list[str]:
         """Reserve ``count`` records within the caps, then create those runners (concurrently)."""
         if count <= 0:
+            return []
+        if group.max_runners <= 0:  # a group without room (the store reads 0 as "no cap")
+            return []
+        if self.store.group_count(group.name) >= group.max_runners:
+            logger.debug(
+                "group %s is at its cap of %d runners (%s)", group.name, group.max_runners, reason
+            )
             return []
         names = [self._new_name(group.name) for _ in range(count)]
         with self._inflight_lock:
@@ -1036,9 +1099,13 @@ class RunnerManager:
                 with self._inflight_lock:
                     self._creating.difference_update(reserved)
                 raise
-        if len(reserved) < count:
+        if 0 < len(reserved) < count:
             logger.info(
-                "group %s at a cap: %d of %d runners reserved (%s)", group.name, len(reserved), count, reason
+                "group %s at a cap: %d of %d runners reserved (%s)",
+                group.name,
+                len(reserved),
+                count,
+                reason,
             )
         futures = []
         for name in reserved:
@@ -1048,7 +1115,12 @@ class RunnerManager:
         return reserved
 
     def _create_one(
-        self, name: str, group: RunnerGroup, path: GitHubPath, sizing: Sizing | None, job: PendingJob | None
+        self,
+        name: str,
+        group: RunnerGroup,
+        path: GitHubPath,
+        sizing: Sizing | None,
+        job: PendingJob | None,
     ) -> bool:
         """Register, render and start one reserved runner; undo everything on failure."""
         jit = None
@@ -1064,7 +1136,12 @@ class RunnerManager:
             jit = self.github.generate_jit_config(path, name, labels, group_id)
             self.store.update(name, github_id=jit.runner_id)
             size = sizing or Sizing(cpu=group.cpu, memory=group.memory, disk=group.disk)
-            tags = {TAG_PREFIX: self.prefix, TAG_UNIT: self.unit, TAG_GROUP: group.name, TAG_OWNER: str(path)}
+            tags = {
+                TAG_PREFIX: self.prefix,
+                TAG_UNIT: self.unit,
+                TAG_GROUP: group.name,
+                TAG_OWNER: str(path),
+            }
             last: BackendError | None = None
             for bname in group.backend_order:
                 backend = self.backend(bname)
@@ -1081,7 +1158,9 @@ class RunnerManager:
                     with self.metrics.backend_call(bname, "create"):
                         backend.create(spec)
                 except CapacityError as exc:
-                    logger.warning("backend %s has no capacity for %s: %s; trying the next", bname, name, exc)
+                    logger.warning(
+                        "backend %s has no capacity for %s: %s; trying the next", bname, name, exc
+                    )
                     self.store.incr(f"backend_capacity_{bname}")
                     last = exc
                     continue
@@ -1110,7 +1189,9 @@ class RunnerManager:
             with self._inflight_lock:
                 self._creating.discard(name)
 
-    def _undo_create(self, name: str, path: GitHubPath, github_id: int | None, backend: str | None) -> None:
+    def _undo_create(
+        self, name: str, path: GitHubPath, github_id: int | None, backend: str | None
+    ) -> None:
         with contextlib.suppress(Exception):
             if backend is not None:
                 self.backend(backend).delete(name)
@@ -1172,8 +1253,8 @@ class RunnerManager:
                     logger.info("runner %s not deleted (%s): GitHub reports it busy", name, reason)
                     self.store.transition(name, [rec.state], RunnerState.BUSY)
                     return False
-        froms = [s for s in RunnerState if allow_busy or husk or s is not RunnerState.BUSY]
-        if not self.store.transition(name, froms, RunnerState.DELETING):
+        from_states = [s for s in RunnerState if allow_busy or husk or s is not RunnerState.BUSY]
+        if not self.store.transition(name, from_states, RunnerState.DELETING):
             return False
         backends = [rec.backend] if rec.backend else self._backend_names()
         for bname in backends:
@@ -1235,18 +1316,28 @@ class RunnerManager:
             )
             plan = planner.plan(inp)
             runner_futures = [
-                self._submit(self._delete_runner, d.name, "flush", allow_busy=flush_busy) for d in plan.deletes
+                self._submit(self._delete_runner, d.name, "flush", allow_busy=flush_busy)
+                for d in plan.deletes
             ]
-            runner_futures += [self._submit(self._delete_runner, r.name, "resume", allow_busy=True) for r in settled.resume]
+            runner_futures += [
+                self._submit(self._delete_runner, r.name, "resume", allow_busy=True)
+                for r in settled.resume
+            ]
             runner_futures += [self._submit(self._remove_stale, r, obs) for r in settled.stale]
             cleanup_futures = [self._submit(self._cleanup_instance, n) for n in plan.cleanups]
-            removal_futures = [self._submit(self._remove_github_runner, o, i) for o, i in plan.github_removals]
+            removal_futures = [
+                self._submit(self._remove_github_runner, o, i) for o, i in plan.github_removals
+            ]
             removed = sum(1 for f in runner_futures + cleanup_futures if f.result())
             self._wait(removal_futures)
-            self.wait_idle()
         with contextlib.suppress(Exception):
             self.publish_github_stats()
-        logger.info("flush (%s) removed %d runners of unit %s", "busy" if flush_busy else "idle", removed, self.unit)
+        logger.info(
+            "flush (%s) removed %d runners of unit %s",
+            "busy" if flush_busy else "idle",
+            removed,
+            self.unit,
+        )
         return removed
 
     # -------------------------------------------------------------------------- job events
@@ -1262,7 +1353,13 @@ class RunnerManager:
             logger.debug("workflow_job %d action %s ignored", event.job_id, event.action)
 
     def job_queued(
-        self, job_id: int, repo: str, labels: Iterable[str], queued_at: float, *, source: str = "webhook"
+        self,
+        job_id: int,
+        repo: str,
+        labels: Iterable[str],
+        queued_at: float,
+        *,
+        source: str = "webhook",
     ) -> str | None:
         """A job waits for a runner: record it and make sure one exists; returns its group (or None)."""
         known = self.jobqueue.job_status(job_id)
@@ -1274,7 +1371,12 @@ class RunnerManager:
         if group is None:
             self.metrics.jobs_unmatched.inc()
             self.store.incr("jobs_unmatched")
-            logger.info("job %d of %s (runs-on %s) matches no runner group; ignored", job_id, repo, list(labels))
+            logger.info(
+                "job %d of %s (runs-on %s) matches no runner group; ignored",
+                job_id,
+                repo,
+                list(labels),
+            )
             return None
         try:
             sizing = labels_mod.size_for(request, group)
@@ -1287,7 +1389,12 @@ class RunnerManager:
         if path is None:
             self.metrics.jobs_unmatched.inc()
             self.store.incr("jobs_unmatched")
-            logger.info("job %d: no target of group %s serves repository %s; ignored", job_id, group.name, repo)
+            logger.info(
+                "job %d: no target of group %s serves repository %s; ignored",
+                job_id,
+                group.name,
+                repo,
+            )
             return None
         job = PendingJob(
             job_id=job_id, repo=repo, labels=labels, queued_at=queued_at, unit=self.unit,
@@ -1300,7 +1407,14 @@ class RunnerManager:
             job = existing
         else:
             self.metrics.job_event("queued", group.name)
-            logger.info("job %d of %s queued for group %s at %s (%s)", job_id, repo, group.name, path, source)
+            logger.info(
+                "job %d of %s queued for group %s at %s (%s)",
+                job_id,
+                repo,
+                group.name,
+                path,
+                source,
+            )
         if job.tokens:
             self._ensure_dedicated(job, sizing=sizing, wait=False)
         else:
@@ -1314,51 +1428,73 @@ class RunnerManager:
             waiting = [
                 r
                 for r in self.store.list_runners(group.name)
-                if r.unit == self.unit and r.owner == owner and r.state in _WAITING and r.job_id is None
+                if r.unit == self.unit
+                and r.owner == owner
+                and r.state in _WAITING
+                and r.job_id is None
             ]
             pending = [
                 j
                 for j in self.pending_jobs().values()
-                if j.unit == self.unit and j.group == group.name and j.owner == owner and not j.tokens
+                if j.unit == self.unit
+                and j.group == group.name
+                and j.owner == owner
+                and not j.tokens
             ]
             need = len(pending) - len(waiting)
             if need <= 0:
                 return 0
             return len(self._create_runners(group, path, need, reason="job", wait=False))
 
-    def _ensure_dedicated(self, job: PendingJob, *, sizing: Sizing | None = None, wait: bool = False) -> bool:
-        """Create the runner a sized job needs, unless it has one already."""
+    def _ensure_dedicated(
+        self, job: PendingJob, *, sizing: Sizing | None = None, wait: bool = False
+    ) -> list[str]:
+        """Create the runner a sized job needs, unless it has one already; returns the name started."""
         group = self._group(job.group)
         if group is None:
-            return False
+            return []
         with self._group_locks[(group.name, f"job:{job.job_id}")]:
             for rec in self.store.list_runners(group.name):
                 if rec.job_id == job.job_id and rec.state in _WAITING:
-                    return False
+                    return []
             if sizing is None:
                 try:
                     sizing = labels_mod.size_for(labels_mod.parse_runs_on(job.labels), group)
                 except SizingRefused:
                     self._pending_pop(job.job_id)
-                    return False
+                    return []
             names = self._create_runners(
-                group, GitHubPath.parse(job.owner), 1, sizing=sizing, job=job, reason="sized job", wait=wait
+                group,
+                GitHubPath.parse(job.owner),
+                1,
+                sizing=sizing,
+                job=job,
+                reason="sized job",
+                wait=wait,
             )
             if names:
                 self._pending_replace(job, PendingJob(**{**asdict(job), "runner": names[0]}))
-            return bool(names)
+            return names
 
     def _job_started(self, event: JobEvent) -> None:
         job = self._pending_pop(event.job_id)
         name = event.runner_name
         rec = self.store.get_runner(name) if name else None
-        group = (job.group if job else None) or (rec.group if rec else None) or self._match(event.labels)
+        group = (
+            (job.group if job else None)
+            or (rec.group if rec else None)
+            or self._match(event.labels)
+        )
         lost_claim: int | None = None
         if rec is not None and name is not None:
             if rec.job_id is not None and rec.job_id != event.job_id and rec.state in _WAITING:
                 lost_claim = rec.job_id
             self.store.transition(
-                name, [*_WAITING, RunnerState.OFFLINE], RunnerState.BUSY, job_id=event.job_id, registered=True
+                name,
+                [*_WAITING, RunnerState.OFFLINE],
+                RunnerState.BUSY,
+                job_id=event.job_id,
+                registered=True,
             )
         if job is not None:
             self._release_claims(event.job_id, keep=name)
@@ -1374,7 +1510,9 @@ class RunnerManager:
             self.store.record_pickup(group, latency)
             self.metrics.observe_pickup(group, latency)
             self.metrics.job_event("in_progress", group)
-            logger.info("job %d started on %s (group %s) after %.1fs", event.job_id, name, group, latency)
+            logger.info(
+                "job %d started on %s (group %s) after %.1fs", event.job_id, name, group, latency
+            )
 
     def _job_completed(self, event: JobEvent) -> None:
         job = self._pending_pop(event.job_id)
@@ -1382,7 +1520,11 @@ class RunnerManager:
             self._release_claims(event.job_id)
         name = event.runner_name
         rec = self.store.get_runner(name) if name else None
-        group_name = (rec.group if rec else None) or (job.group if job else None) or self._match(event.labels)
+        group_name = (
+            (rec.group if rec else None)
+            or (job.group if job else None)
+            or self._match(event.labels)
+        )
         self.metrics.job_event("completed", group_name, event.conclusion)
         if rec is None or name is None:
             return
@@ -1391,7 +1533,10 @@ class RunnerManager:
             self.store.transition(name, [RunnerState.BUSY], RunnerState.IDLE, job_id=None)
             return
         self.store.transition(
-            name, [*_WAITING, RunnerState.BUSY, RunnerState.OFFLINE], RunnerState.DONE, job_id=event.job_id
+            name,
+            [*_WAITING, RunnerState.BUSY, RunnerState.OFFLINE],
+            RunnerState.DONE,
+            job_id=event.job_id,
         )
         if rec.unit == self.unit:
             self._submit(self._await_husk, name)
@@ -1439,7 +1584,11 @@ class RunnerManager:
             group = self._group(group_name)
             if group is not None:
                 started += self._ensure_generic(group, GitHubPath.parse(owner))
-        claimed = {r.job_id for r in self.store.list_runners() if r.job_id is not None and r.state in _WAITING}
+        claimed = {
+            r.job_id
+            for r in self.store.list_runners()
+            if r.job_id is not None and r.state in _WAITING
+        }
         for job in sorted(mine, key=lambda j: j.queued_at):
             if job.tokens and job.job_id not in claimed and self._ensure_dedicated(job):
                 started += 1
@@ -1489,13 +1638,20 @@ class RunnerManager:
         for job in jobs:
             if job.id in pending:
                 continue
-            if self.job_queued(job.id, job.repo, job.labels, job.created_at, source="poll") is not None:
+            if (
+                self.job_queued(job.id, job.repo, job.labels, job.created_at, source="poll")
+                is not None
+            ):
                 found += 1
         now = self.clock()
         polled = set(repos)
         stale_after = max(_PENDING_STALE, 2 * interval)
         for job_id, entry in pending.items():
-            if job_id not in queued_ids and entry.repo in polled and now - entry.queued_at > stale_after:
+            if (
+                job_id not in queued_ids
+                and entry.repo in polled
+                and now - entry.queued_at > stale_after
+            ):
                 logger.info("pending job %d is no longer queued on GitHub; dropped", job_id)
                 self._drop_pending(job_id)
         with contextlib.suppress(Exception):
@@ -1530,13 +1686,17 @@ class RunnerManager:
         """Per group: runners by state (fleet-wide), queued jobs, pickup latency, GitHub calls spent."""
         counts = self.store.counts()
         counters = self.store.counters()
-        budget = self._redis("github budget", lambda: self.store.client.hgetall(f"{self._kp}:github"))
+        budget = self._redis(
+            "github budget", lambda: self.store.client.hgetall(f"{self._kp}:github")
+        )
         remaining = int(float(budget["remaining"])) if budget.get("remaining") else None
         queued: dict[str, int] = defaultdict(int)
         for job in self.pending_jobs().values():
             queued[job.group] += 1
         out: dict[str, GroupStatistics] = {}
-        names = [g.name for g in self.config.runner_groups] + sorted(set(counts) - {g.name for g in self.config.runner_groups})
+        names = [g.name for g in self.config.runner_groups] + sorted(
+            set(counts) - {g.name for g in self.config.runner_groups}
+        )
         for name in names:
             group = self._group(name)
             by_state = counts.get(name, {})
@@ -1589,7 +1749,9 @@ class RunnerManager:
         """True when GitHub offers a newer runner application than the cached one (or none is cached)."""
         return self.binary_cache.check()
 
-    def get_latest_runner_bin_url(self, os_name: str = "linux", arch: str | None = None) -> RunnerApplication:
+    def get_latest_runner_bin_url(
+        self, os_name: str = "linux", arch: str | None = None
+    ) -> RunnerApplication:
         """The newest runner application GitHub offers for ``os_name``/``arch``."""
         return self.binary_cache.latest(os_name, arch)
 
@@ -1629,8 +1791,12 @@ class RunnerManager:
         except ImportError as exc:  # pragma: no cover
             raise ImageBuildUnavailable(f"image building is unavailable: {exc}") from None
         if self.config_path is None:
-            raise ImageBuildUnavailable("scheduling image builds needs the manager's config file path")
-        exe = shutil.which("github-runner-manager") or str(Path(sys.executable).with_name("github-runner-manager"))
+            raise ImageBuildUnavailable(
+                "scheduling image builds needs the manager's config file path"
+            )
+        exe = shutil.which("github-runner-manager") or str(
+            Path(sys.executable).with_name("github-runner-manager")
+        )
         command = [exe, "--config", str(self.config_path), "build-image"]
         return image.schedule_build_runner_image(
             interval_hours,
@@ -1652,7 +1818,9 @@ def _opt_float(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def render_statistics(stats: Mapping[str, GroupStatistics], counters: Mapping[str, int] | None = None) -> str:
+def render_statistics(
+    stats: Mapping[str, GroupStatistics], counters: Mapping[str, int] | None = None
+) -> str:
     """A rich table of per-group statistics, rendered to plain text."""
     from rich.console import Console
     from rich.table import Table
@@ -1683,5 +1851,7 @@ def render_statistics(stats: Mapping[str, GroupStatistics], counters: Mapping[st
     if counters:
         unmatched, refused = counters.get("jobs_unmatched", 0), counters.get("jobs_refused", 0)
         failures = counters.get("runner_create_failures", 0)
-        console.print(f"jobs unmatched: {unmatched}, refused by sizing policy: {refused}, failed creates: {failures}")
+        console.print(
+            f"jobs unmatched: {unmatched}, refused by sizing policy: {refused}, failed creates: {failures}"
+        )
     return buffer.getvalue()

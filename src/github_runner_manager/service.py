@@ -86,7 +86,9 @@ class ManagerService:
         if cfg.webhook is not None:
             secret = cfg.webhook.resolve_secret().get_secret_value().encode()
             host, port = parse_listen(cfg.webhook.listen)
-            app = create_app(self.manager.jobqueue, secret, path=cfg.webhook.path, metrics=self.manager.metrics)
+            app = create_app(
+                self.manager.jobqueue, secret, path=cfg.webhook.path, metrics=self.manager.metrics
+            )
             self.webhook = WebhookServer(app, host, port)
             self.webhook.start()
         if cfg.metrics_listen:
@@ -102,13 +104,26 @@ class ManagerService:
             cfg.unit, len(cfg.runner_groups), cfg.reconcile_interval, cfg.github.poll_interval,
             self.consumers, f", webhook {self.webhook.url}{cfg.webhook.path}" if self.webhook and cfg.webhook else "",
         )  # fmt: skip
-        self._spawn("reconcile", self._loop, stop, "reconcile", self._reconcile_interval, self.manager.reconcile)
-        self._spawn("poll", self._loop, stop, "poll", self._poll_interval, self.manager.poll_queued_jobs)
-        self._spawn("sweeper", self._loop, stop, "sweeper", lambda: self.sweep_interval, self._sweep)
+        self._spawn(
+            "reconcile",
+            self._loop,
+            stop,
+            "reconcile",
+            self._reconcile_interval,
+            self.manager.reconcile,
+        )
+        self._spawn(
+            "poll", self._loop, stop, "poll", self._poll_interval, self.manager.poll_queued_jobs
+        )
+        self._spawn(
+            "sweeper", self._loop, stop, "sweeper", lambda: self.sweep_interval, self._sweep
+        )
         for index in range(self.consumers):
             self._spawn(f"consumer-{index}", self._consume, stop, index)
         try:
-            while not stop.wait(0.5):  # wake up now and then: signal handlers run on the main thread
+            while not stop.wait(
+                0.5
+            ):  # wake up now and then: signal handlers run on the main thread
                 pass
         finally:
             self.shutdown()
@@ -122,7 +137,9 @@ class ManagerService:
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         if not self.manager.wait_idle(timeout=max(0.1, deadline - time.monotonic())):
-            logger.warning("shutdown: some creates/deletes still running; the next start settles them")
+            logger.warning(
+                "shutdown: some creates/deletes still running; the next start settles them"
+            )
         if self.metrics_server is not None:
             self.metrics_server.stop()
         logger.info("manager unit=%s stopped", self.config.unit)
@@ -140,7 +157,11 @@ class ManagerService:
         return self.config.github.poll_interval * random.uniform(0.9, 1.1)
 
     def _loop(
-        self, stop: threading.Event, name: str, interval: Callable[[], float], body: Callable[[], object]
+        self,
+        stop: threading.Event,
+        name: str,
+        interval: Callable[[], float],
+        body: Callable[[], object],
     ) -> None:
         """Run ``body`` now and then every ``interval()``; back off exponentially while it fails."""
         failures = 0
@@ -188,7 +209,12 @@ class ManagerService:
             except Exception as exc:
                 failures += 1
                 delay = self._backoff(failures, exc)
-                logger.warning("job consumer %d: reading the job stream failed: %s; retrying in %.1fs", index, exc, delay)
+                logger.warning(
+                    "job consumer %d: reading the job stream failed: %s; retrying in %.1fs",
+                    index,
+                    exc,
+                    delay,
+                )
                 stop.wait(delay)
                 continue
             failures = 0
@@ -196,13 +222,22 @@ class ManagerService:
                 try:
                     self.manager.handle_job_event(event)
                 except StoreUnavailable as exc:
-                    logger.warning("job %d (%s) not handled, Redis failed: %s; it will come back", event.job_id, event.action, exc)
+                    logger.warning(
+                        "job %d (%s) not handled, Redis failed: %s; it will come back",
+                        event.job_id,
+                        event.action,
+                        exc,
+                    )
                     break
                 except EXPECTED as exc:
                     # the job is recorded as pending: reconcile makes sure of its runner later
-                    logger.warning("job %d (%s): %s; reconcile will retry", event.job_id, event.action, exc)
+                    logger.warning(
+                        "job %d (%s): %s; reconcile will retry", event.job_id, event.action, exc
+                    )
                 except Exception:
-                    logger.exception("job %d (%s) handling failed unexpectedly", event.job_id, event.action)
+                    logger.exception(
+                        "job %d (%s) handling failed unexpectedly", event.job_id, event.action
+                    )
                 try:
                     queue.ack(entry_id)
                 except StoreUnavailable as exc:

@@ -6,6 +6,7 @@ prefix the option name and hand the text to an operator unchanged.
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*$", re.IGNORECASE)
@@ -29,6 +30,8 @@ def parse_size(text: object) -> int:
     if isinstance(text, bool) or text is None:
         raise ValueError(f"{text!r} is not a size like 7GiB")
     if isinstance(text, int | float):
+        if not math.isfinite(text) or text > 2**40:
+            raise ValueError(f'"{text}" is not a size like 7GiB')
         if text <= 0:
             raise ValueError(f'"{text}" is not a size like 7GiB (it must be positive)')
         return int(text * MIB)
@@ -36,7 +39,10 @@ def parse_size(text: object) -> int:
     if not match:
         raise ValueError(f'"{text}" is not a size like 7GiB')
     number, unit = float(match.group(1)), match.group(2).upper()
-    value = int(number * 1024 ** _SIZE_POWERS[unit])
+    if not math.isfinite(number) or number > 2**60:
+        raise ValueError(f'"{text}" is not a size like 7GiB (it is far too large)')
+    power = 0 if not unit and str(text).strip()[-1:] in "bB" else _SIZE_POWERS[unit]
+    value = int(number * 1024**power)
     if value <= 0:
         raise ValueError(f'"{text}" is not a size like 7GiB (it must be positive)')
     return value
@@ -53,13 +59,18 @@ def parse_duration(text: object) -> float:
     if isinstance(text, bool) or text is None:
         raise ValueError(f"{text!r} is not a duration like 60s, 10m or 6h")
     if isinstance(text, int | float):
+        if not math.isfinite(text) or text > 10 * 365 * 86400:
+            raise ValueError(f'"{text}" is not a duration like 60s, 10m or 6h')
         if text < 0:
             raise ValueError(f'"{text}" is not a duration like 60s (it must not be negative)')
         return float(text)
     match = _DURATION_RE.match(str(text))
     if not match:
         raise ValueError(f'"{text}" is not a duration like 60s, 10m or 6h')
-    return float(match.group(1)) * _DURATION_FACTORS[(match.group(2) or "s").lower()]
+    seconds = float(match.group(1)) * _DURATION_FACTORS[(match.group(2) or "s").lower()]
+    if not math.isfinite(seconds) or seconds > 10 * 365 * 86400:
+        raise ValueError(f'"{text}" is not a duration like 60s (it is longer than ten years)')
+    return seconds
 
 
 def format_size(num_bytes: int) -> str:

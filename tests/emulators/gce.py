@@ -29,7 +29,7 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -41,6 +41,11 @@ FILTER_TERM_RE = re.compile(
         (?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s()]+)\s*\)?""",
     re.VERBOSE,
 )
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """No access log on the test output."""
 
 
 class GCEError(HTTPException):
@@ -131,7 +136,7 @@ class GCEEmulator:
         return f"http://127.0.0.1:{self._server.server_port}"
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> GCEEmulator:
-        self._server = make_server(host, port, self.wsgi, threaded=True)
+        self._server = make_server(host, port, self.wsgi, threaded=True, request_handler=_Quiet)
         self._thread = threading.Thread(target=self._server.serve_forever, name="gce-emulator", daemon=True)
         self._thread.start()
         return self

@@ -216,6 +216,21 @@ class AWSSettings(BackendSettings):
         return self
 
 
+_SESSIONS: dict[str | None, Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(profile: str | None) -> Any:
+    """One boto3 session per profile for the process: clients made from it share the loaded EC2 model.
+
+    Creating a client from a session is not thread-safe in boto3, hence the lock around both.
+    """
+    with _SESSIONS_LOCK:
+        if profile not in _SESSIONS:
+            _SESSIONS[profile] = boto3.session.Session(profile_name=profile)
+        return _SESSIONS[profile]
+
+
 def pick_instance_type(table: list[InstanceType], cpu: int, memory: int) -> str:
     """The first (smallest) type in the sorted table with at least ``cpu`` and ``memory``.
 
@@ -250,18 +265,17 @@ class AWSBackend(Backend):
         with self._lock:
             if self._client is None:
                 s = self.settings
-                session_args: dict[str, Any] = {"region_name": s.region}
+                credentials: dict[str, Any] = {}
                 if s.access_key_id and s.secret_access_key:
-                    session_args["aws_access_key_id"] = s.access_key_id
-                    session_args["aws_secret_access_key"] = s.secret_access_key.get_secret_value()
+                    credentials["aws_access_key_id"] = s.access_key_id
+                    credentials["aws_secret_access_key"] = s.secret_access_key.get_secret_value()
                     if s.session_token:
-                        session_args["aws_session_token"] = s.session_token.get_secret_value()
-                elif s.profile:
-                    session_args["profile_name"] = s.profile
+                        credentials["aws_session_token"] = s.session_token.get_secret_value()
                 with self._errors("opening an EC2 session"):
-                    session = boto3.session.Session(**session_args)
+                    session = _session(s.profile)
                     self._client = session.client(
                         "ec2",
+                        region_name=s.region,
                         endpoint_url=s.endpoint_url,
                         config=botocore.config.Config(
                             connect_timeout=s.timeout,
@@ -269,6 +283,7 @@ class AWSBackend(Backend):
                             retries={"max_attempts": s.max_attempts, "mode": "standard"},
                             user_agent_extra="github-runner-manager",
                         ),
+                        **credentials,
                     )
             return self._client
 

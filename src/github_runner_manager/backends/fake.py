@@ -146,14 +146,16 @@ class FakeBackend(Backend):
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
-        self._rng = random.Random(self.cfg.seed)  # noqa: S311 - failure injection, not security
+        self._rng = random.Random(self.cfg.seed)
         self._tarball_provider: Callable[[], Path | None] | None = None
         self._app_dir: Path | None = None
         self._my_start = _proc_start(os.getpid())
         self.created = 0
         self.deleted = 0
         if self.cfg.mode == "local":
-            self._work_dir = self.cfg.work_dir or Path(tempfile.gettempdir()) / f"ghrm-fake-{prefix}"
+            self._work_dir = (
+                self.cfg.work_dir or Path(tempfile.gettempdir()) / f"ghrm-fake-{prefix}"
+            )
         else:
             self._work_dir = self.cfg.work_dir or Path(tempfile.gettempdir())
         if self.cfg.state_file is not None:
@@ -210,7 +212,9 @@ class FakeBackend(Backend):
             child = self._children.get(rec.name)
             if child is not None:
                 return InstanceState.RUNNING if child.poll() is None else InstanceState.STOPPED
-            return InstanceState.RUNNING if _alive(rec.pid, rec.pid_start) else InstanceState.STOPPED
+            return (
+                InstanceState.RUNNING if _alive(rec.pid, rec.pid_start) else InstanceState.STOPPED
+            )
         return state
 
     def _to_instance(self, rec: _Record) -> Instance:
@@ -278,7 +282,9 @@ class FakeBackend(Backend):
             rec.state = InstanceState.RUNNING.value
             rec.pid, rec.pid_start = pid, pid_start
             self.created += 1
-            logger.info("fake instance created name=%s mode=%s pid=%s", spec.name, self.cfg.mode, pid)
+            logger.info(
+                "fake instance created name=%s mode=%s pid=%s", spec.name, self.cfg.mode, pid
+            )
             return self._to_instance(rec)
 
     def get(self, name: str) -> Instance:
@@ -363,9 +369,13 @@ class FakeBackend(Backend):
                     "runner binary (run `github-runner-manager update-runner-bin`)"
                 )
             tarball = Path(tarball)
-            target = self._work_dir / "apps" / tarball.name.replace(".tar.gz", "").replace(".tgz", "")
+            target = (
+                self._work_dir / "apps" / tarball.name.replace(".tar.gz", "").replace(".tgz", "")
+            )
             if not (target / "run.sh").exists():
-                tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=self._ensure(self._work_dir / "apps")))
+                tmp = Path(
+                    tempfile.mkdtemp(prefix=".extract-", dir=self._ensure(self._work_dir / "apps"))
+                )
                 try:
                     with tarfile.open(tarball) as archive:
                         archive.extractall(tmp, filter="data")
@@ -378,7 +388,9 @@ class FakeBackend(Backend):
                     try:
                         os.replace(root, target)
                     except OSError:
-                        if not (target / "run.sh").exists():  # another process won the race otherwise
+                        if not (
+                            target / "run.sh"
+                        ).exists():  # another process won the race otherwise
                             raise
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -400,7 +412,7 @@ class FakeBackend(Backend):
         env["RUNNER_WORKDIR"] = str(workdir)
         sh = shutil.which("sh") or "/bin/sh"
         with open(workdir / "runner.log", "ab") as log:
-            child = subprocess.Popen(  # noqa: S603 - resolved binary, list arguments
+            child = subprocess.Popen(
                 [sh, str(app / "run.sh"), "--jitconfig", spec.jit_config],
                 cwd=str(app),
                 env=env,

@@ -346,13 +346,16 @@ class OpenStackBackend(Backend):
             return name_or_id
         key = (kind, name_or_id)
         if key not in self._resolved:
-            with self._errors(f"looking up {kind} {name_or_id!r}"):
-                if kind == "image":
-                    found = self.conn.image.find_image(name_or_id, ignore_missing=True)
-                else:
-                    found = self.conn.network.find_network(name_or_id, ignore_missing=True)
-            if found is None:
-                raise BackendError(f"openstack: no {kind} named {name_or_id!r} (backends.openstack.{kind})")
+            try:
+                with self._errors(f"looking up {kind} {name_or_id!r}"):
+                    if kind == "image":
+                        found = self.conn.image.find_image(name_or_id, ignore_missing=False)
+                    else:
+                        found = self.conn.network.find_network(name_or_id, ignore_missing=False)
+            except InstanceNotFound:
+                raise BackendError(
+                    f"openstack: no {kind} named {name_or_id!r} (backends.openstack.{kind})"
+                ) from None
             self._resolved[key] = str(found.id)
         return self._resolved[key]
 
@@ -361,10 +364,13 @@ class OpenStackBackend(Backend):
         if wanted:
             key = ("flavor", str(wanted))
             if key not in self._resolved:
-                with self._errors(f"looking up flavor {wanted!r}"):
-                    found = self.conn.compute.find_flavor(str(wanted), ignore_missing=True)
-                if found is None:
-                    raise BackendError(f"openstack: no flavor {wanted!r} (backends.openstack.flavor)")
+                try:
+                    with self._errors(f"looking up flavor {wanted!r}"):
+                        found = self.conn.compute.find_flavor(str(wanted), ignore_missing=False)
+                except InstanceNotFound:
+                    raise BackendError(
+                        f"openstack: no flavor {wanted!r} (backends.openstack.flavor)"
+                    ) from None
                 self._resolved[key] = str(found.id)
             return self._resolved[key]
         return self._smallest_flavor(spec.cpu, spec.memory, spec.disk)

@@ -127,7 +127,7 @@ def contract_rootfs() -> Path:
     with cache_lock("contract-rootfs"):
         if target.exists():
             return target
-        extracted = target.with_suffix(".extract")
+        extracted = target.with_suffix(".extract.tar")
         result = run(
             [str(mmdebstrap), "--variant=extract", "--include=busybox-static", "bookworm", str(extracted)],
             timeout=900,

@@ -28,13 +28,19 @@ class Harness:
 
     def __init__(self) -> None:
         self._made: list[Backend] = []
+        self._plain: dict[str, Backend] = {}
 
     def settings(self) -> dict[str, Any]:
         return {}
 
     def backend(self, prefix: str, **overrides: Any) -> Backend:
+        """A backend with the part's settings (one per prefix, unless settings are overridden)."""
+        if not overrides and prefix in self._plain:
+            return self._plain[prefix]
         backend = create_backend(self.name, {**self.settings(), **overrides}, prefix=prefix)
         self._made.append(backend)
+        if not overrides:
+            self._plain[prefix] = backend
         return backend
 
     def make_orphan(self, name: str, tags: Mapping[str, str]) -> None:

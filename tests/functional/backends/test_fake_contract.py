@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +69,7 @@ def app_tarball(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def backend(tmp_path: Path, app_tarball: Path):  # noqa: ANN201
+def backend(tmp_path: Path, app_tarball: Path):
     made: list[FakeBackend] = []
 
     def make(**settings: object) -> FakeBackend:
@@ -103,7 +102,10 @@ def test_instance_is_a_process_and_delete_kills_its_group(backend, tmp_path: Pat
     inst = b.create(spec("ghr-small-aaaaaa", jit="wait"))
     assert inst.state is InstanceState.RUNNING
     workdir = tmp_path / "work" / "instances" / "ghr-small-aaaaaa"
-    wait_for(lambda: (workdir / "grandchild").exists(), 10, what="runner started")
+    wait_for(
+        lambda: (workdir / "grandchild").exists() and (workdir / "grandchild").read_text().strip(),
+        10, what="runner started",
+    )  # fmt: skip
     assert (workdir / "started").read_text().split() == ["ghr-small-aaaaaa", "wait"]
     grandchild = int((workdir / "grandchild").read_text())
     assert _pid_alive(inst.extra["pid"]) and _pid_alive(grandchild)

@@ -22,13 +22,15 @@ AUTH = {"Authorization": f"token {TOKEN}"}
 
 
 def spec_dir_or_none() -> Path | None:
+    """GitHub's API description: ``$GITHUB_API_SPEC_DIR`` if set, else ``../shared/github-api``
+    next to the repository checkout (tests/functional/emulator → the repo root is parents[3])."""
     override = os.environ.get("GITHUB_API_SPEC_DIR")
-    candidates = [Path(override)] if override else []
-    # tests/functional/emulator/emulator_testlib.py → repo root is parents[3]; shared/ sits next to it.
-    candidates.append(Path(__file__).resolve().parents[3] / ".." / "shared" / "github-api")
-    for candidate in candidates:
-        if (candidate / "github-runners-api.json").is_file():
-            return candidate.resolve()
+    if override:
+        candidate = Path(override)
+    else:
+        candidate = Path(__file__).resolve().parents[3] / ".." / "shared" / "github-api"
+    if (candidate / "github-runners-api.json").is_file():
+        return candidate.resolve()
     return None
 
 

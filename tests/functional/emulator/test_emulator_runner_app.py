@@ -219,12 +219,14 @@ def test_busy_flag_lags_and_lost_runners_go_offline(
         assert body is not None and body["busy"] is False  # ...but GitHub's REST flag trails
     wait_until(lambda: (rest_runner(emu, runner_id) or {}).get("busy") is True, timeout=10)
 
-    # The agent dies mid-job: the runner goes offline and the job fails, like a lost runner.
+    # The agent dies mid-job: the runner goes offline and stays registered; the job fails.
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    wait_until(lambda: (rest_runner(emu, runner_id) or {}).get("status") == "offline", timeout=10)
-    job = emu.control.wait_job(job_id, timeout=10)
+    wait_until(lambda: (rest_runner(emu, runner_id) or {}).get("status") == "offline", timeout=20)
+    job = emu.control.wait_job(job_id, timeout=20)
     assert job["conclusion"] == "failure"
+    lost = rest_runner(emu, runner_id)
+    assert lost is not None and lost["status"] == "offline" and lost["busy"] is False
 
 
 def test_cancel_and_step_timeout(

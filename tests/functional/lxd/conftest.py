@@ -9,8 +9,8 @@
   ``/var/cache/github-runner-tests``; an existing alias whose ``cache_key`` property equals the key of
   the current inputs (script, templates, runner tarball) is reused without building.
 
-Helpers here launch containers with names no one else uses and remove them afterwards; traffic goes
-only to loopback and to lxdbr0 addresses.
+``launched`` collects container names (see ``lxdtools.launch``) and force-deletes them after the test.
+Traffic goes only to loopback and to lxdbr0 addresses.
 """
 
 from __future__ import annotations

@@ -15,8 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-from github_runner_manager import cli
 from tests.functional.manager.test_manager_e2e import (
     SECRET,
     TOKEN,
@@ -28,6 +26,8 @@ from tests.functional.manager.test_manager_e2e import (
 )
 from tests.parts import free_port, wait_for
 
+from github_runner_manager import cli
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -37,8 +37,12 @@ def write(tmp_path: Path, data: dict[str, Any], name: str = "config.yaml") -> Pa
     return path
 
 
-def memory_config(tmp_path: Path, emulator_url: str, redis_url: str, **overrides: Any) -> dict[str, Any]:
-    data = manager_config(tmp_path, "u0", emulator_url, redis_url, fake={"mode": "memory"}, **overrides)
+def memory_config(
+    tmp_path: Path, emulator_url: str, redis_url: str, **overrides: Any
+) -> dict[str, Any]:
+    data = manager_config(
+        tmp_path, "u0", emulator_url, redis_url, fake={"mode": "memory"}, **overrides
+    )
     data["runner_groups"][0]["min_idle"] = 2
     return data
 
@@ -46,7 +50,15 @@ def memory_config(tmp_path: Path, emulator_url: str, redis_url: str, **overrides
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("run", "reconcile", "flush", "status", "dumpconfig", "update-runner-bin", "build-image"):
+    for command in (
+        "run",
+        "reconcile",
+        "flush",
+        "status",
+        "dumpconfig",
+        "update-runner-bin",
+        "build-image",
+    ):
         assert command in out
     assert "--config" in out and "--log-level" in out
     assert cli.main(["--config", "x.yaml", "flush", "--help"]) == 0
@@ -54,11 +66,17 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_dumpconfig_redacts_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = manager_config(tmp_path, "u0", "http://127.0.0.1:9", "redis://:hunter2pass@127.0.0.1:6379/0")
+    data = manager_config(
+        tmp_path, "u0", "http://127.0.0.1:9", "redis://:hunter2pass@127.0.0.1:6379/0"
+    )
     path = write(tmp_path, data)
     assert cli.main(["--config", str(path), "dumpconfig"]) == 0
     captured = capsys.readouterr()
-    assert TOKEN not in captured.out and SECRET not in captured.out and "hunter2pass" not in captured.out
+    assert (
+        TOKEN not in captured.out
+        and SECRET not in captured.out
+        and "hunter2pass" not in captured.out
+    )
     assert "**********" in captured.out
     dumped = yaml.safe_load(captured.out)
     assert dumped["github"]["token"] == "**********"
@@ -95,11 +113,17 @@ def test_bad_config_through_the_console_script(tmp_path: Path) -> None:
     data = manager_config(tmp_path, "u0", "http://127.0.0.1:9", "redis://127.0.0.1:9/0")
     data["runner_groups"][0]["max_runners"] = -3
     path = write(tmp_path, data)
-    script = shutil.which("github-runner-manager") or str(Path(sys.executable).with_name("github-runner-manager"))
+    script = shutil.which("github-runner-manager") or str(
+        Path(sys.executable).with_name("github-runner-manager")
+    )
     if not Path(script).exists():
         pytest.skip("console script not installed (pip install -e .)")
     result = subprocess.run(
-        [script, "--config", str(path), "reconcile"], capture_output=True, text=True, timeout=60, env=cli_env()
+        [script, "--config", str(path), "reconcile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
     )
     assert result.returncode == 2
     assert "runner_groups[0].max_runners" in result.stderr
@@ -121,7 +145,9 @@ def test_unreachable_redis_is_one_line_exit_1(
     emulator: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     setup_world(emulator)
-    path = write(tmp_path, memory_config(tmp_path, emulator.url, f"redis://127.0.0.1:{free_port()}/0"))
+    path = write(
+        tmp_path, memory_config(tmp_path, emulator.url, f"redis://127.0.0.1:{free_port()}/0")
+    )
     for command in (["status"], ["reconcile"], ["flush", "--busy"]):
         assert cli.main(["--config", str(path), *command]) == 1
         err = capsys.readouterr().err
@@ -156,7 +182,16 @@ def test_reconcile_status_flush_against_the_emulator(
     assert len(our_github_runners(emulator)) == 2
     assert cli.main(["--config", str(path), "status"]) == 0
     out = capsys.readouterr().out
-    for word in ("small", "large", "idle", "busy", "creating", "queued jobs", "pickup p50", "pickup p95"):
+    for word in (
+        "small",
+        "large",
+        "idle",
+        "busy",
+        "creating",
+        "queued jobs",
+        "pickup p50",
+        "pickup p95",
+    ):
         assert word in out
     assert "GitHub calls spent" in out
     assert cli.main(["--config", str(path), "status", "--json"]) == 0
@@ -167,7 +202,9 @@ def test_reconcile_status_flush_against_the_emulator(
     assert our_github_runners(emulator) == []
 
 
-def test_update_runner_bin(emulator: Any, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_update_runner_bin(
+    emulator: Any, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     setup_world(emulator)
     path = write(tmp_path, memory_config(tmp_path, emulator.url, redis_url))
     assert cli.main(["--config", str(path), "update-runner-bin", "--check"]) == 0
@@ -199,7 +236,11 @@ def test_run_stops_cleanly_on_sigint_and_refuses_a_missing_secret(
     try:
         import requests
 
-        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok, 30, what="webhook up")
+        wait_for(
+            lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok,
+            30,
+            what="webhook up",
+        )
         wait_for(lambda: len(our_github_runners(emulator)) == 2, 30, what="min_idle runners")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0, log.read_text()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
-
 from tests.functional.manager.test_manager_e2e import (
     ORGS,
     REPOS,
@@ -32,7 +31,9 @@ from tests.parts import wait_for
 JOBS = 20
 
 
-def _fleet(emulator: Any, redis_url: str, state_file: Path) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+def _fleet(
+    emulator: Any, redis_url: str, state_file: Path
+) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
     client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
     records = set(client.smembers("ghrm:runners"))
     github = {r["name"]: r for r in our_github_runners(emulator)}
@@ -50,7 +51,7 @@ def test_sigkill_during_creation_leaks_nothing_and_every_job_completes(
     ]  # fmt: skip
     data = manager_config(
         tmp_path, "u0", emulator.url, redis_url, groups=groups,
-        fake={"create_latency": "1.5s"}, concurrency=4, reconcile_interval="30s",
+        fake={"create_latency": "1s"}, concurrency=6, reconcile_interval="30s",
     )  # fmt: skip
     manager = write_manager(tmp_path, data)
     for org in ORGS:
@@ -60,7 +61,8 @@ def test_sigkill_during_creation_leaks_nothing_and_every_job_completes(
         manager.start()
         steps = [f"while [ ! -e {gate} ]; do sleep 0.1; done", "echo done on $RUNNER_NAME"]
         job_ids = [
-            emulator.control.queue_job(REPOS[n % len(REPOS)], ["self-hosted", "small"], steps) for n in range(JOBS)
+            emulator.control.queue_job(REPOS[n % len(REPOS)], ["self-hosted", "small"], steps)
+            for n in range(JOBS)
         ]
 
         def mid_creation() -> bool:
@@ -70,17 +72,25 @@ def test_sigkill_during_creation_leaks_nothing_and_every_job_completes(
 
         wait_for(mid_creation, 60, interval=0.02, what="a fleet half created")
         assert manager.stop(signal.SIGKILL) == -signal.SIGKILL
-        before, github_before, records_before = _fleet(emulator, redis_url, manager.state_file)
-        assert len(records_before) > len(before) or any(d["state"] == "pending" for d in before.values())
+        before, _github, records_before = _fleet(emulator, redis_url, manager.state_file)
+        assert len(records_before) > len(before) or any(
+            d["state"] == "pending" for d in before.values()
+        )
 
         # one reconcile by the restarted manager settles everything the dead one left
         result = run_cli(manager.config, "--log-level", "info", "reconcile", timeout=120)
         assert result.returncode == 0, result.stderr
         found, github, records = _fleet(emulator, redis_url, manager.state_file)
-        assert set(found) == set(github) == records, (sorted(found), sorted(github), sorted(records))
+        assert set(found) == set(github) == records, (
+            sorted(found),
+            sorted(github),
+            sorted(records),
+        )
         assert all(d["state"] == "running" and pid_alive(d["pid"]) for d in found.values())
         leaked = set(before) - set(found)
-        assert all(before[name]["state"] == "pending" for name in leaked)  # only dead creations went
+        assert all(
+            before[name]["state"] == "pending" for name in leaked
+        )  # only dead creations went
         for name, data_ in before.items():
             if name in leaked:
                 assert not data_.get("pid") or not pid_alive(data_["pid"])
@@ -103,7 +113,9 @@ def test_sigkill_during_creation_leaks_nothing_and_every_job_completes(
         assert flushed.returncode == 0, flushed.stderr
         assert instances(manager.state_file) == {}
         assert our_github_runners(emulator) == []
-        counters = redis_lib.Redis.from_url(redis_url, decode_responses=True).hgetall("ghrm:counters")
+        counters = redis_lib.Redis.from_url(redis_url, decode_responses=True).hgetall(
+            "ghrm:counters"
+        )
         assert json.loads(json.dumps(counters)).get("jobs_unmatched", "0") == "0"
     finally:
         if manager.process is not None and manager.process.poll() is None:

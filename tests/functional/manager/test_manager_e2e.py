@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from tests.parts import free_port, wait_for
 
 from github_runner_manager.config import parse_config
 from github_runner_manager.manager import RunnerManager
-from tests.parts import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "ghp_e2e_token_0123456789"
@@ -54,7 +54,7 @@ class ManagerProcess:
         return f"http://127.0.0.1:{self.webhook_port}/webhook"
 
     def start(self) -> ManagerProcess:
-        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "github_runner_manager.cli", "--config", str(self.config),
              "--log-level", "info", "run"],
@@ -67,7 +67,9 @@ class ManagerProcess:
     def ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"manager {self.unit} exited {self.process.returncode}:\n{self.tail()}")
+            raise AssertionError(
+                f"manager {self.unit} exited {self.process.returncode}:\n{self.tail()}"
+            )
         resp = requests.get(f"http://127.0.0.1:{self.webhook_port}/healthz", timeout=2)
         return resp.status_code == 200
 
@@ -92,7 +94,9 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(config: Path | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    config: Path | None, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI once and capture its output."""
     cmd = [sys.executable, "-m", "github_runner_manager.cli"]
     if config is not None:
@@ -113,6 +117,14 @@ def manager_config(
     **overrides: Any,
 ) -> dict[str, Any]:
     """The config mapping of one manager unit (its own webhook port, state dir and fake state file)."""
+    default_groups = [
+        {"name": "small", "labels": ["small"], "backend": "fake", "min_idle": 1,
+         "max_runners": CAPS["small"], "cpu": 1, "memory": "1GiB", "paths": list(ORGS),
+         "sizing": {"max_memory": "4GiB"}},
+        {"name": "large", "labels": ["large"], "backend": "fake", "min_idle": 0,
+         "max_runners": CAPS["large"], "cpu": 2, "memory": "2GiB", "paths": list(ORGS),
+         "sizing": {"max_cpu": 4, "max_memory": "8GiB"}},
+    ]  # fmt: skip
     data: dict[str, Any] = {
         "github": {"url": emulator_url, "token": TOKEN, "paths": list(ORGS), "poll_interval": "5s"},
         "webhook": {"listen": f"127.0.0.1:{free_port()}", "path": "/webhook", "secret": SECRET},
@@ -125,15 +137,7 @@ def manager_config(
         "unit": unit,
         "state_dir": str(tmp / unit / "state"),
         "metrics_listen": f"127.0.0.1:{free_port()}",
-        "runner_groups": groups
-        or [
-            {"name": "small", "labels": ["small"], "backend": "fake", "min_idle": 1,
-             "max_runners": CAPS["small"], "cpu": 1, "memory": "1GiB", "paths": list(ORGS),
-             "sizing": {"max_memory": "4GiB"}},
-            {"name": "large", "labels": ["large"], "backend": "fake", "min_idle": 0,
-             "max_runners": CAPS["large"], "cpu": 2, "memory": "2GiB", "paths": list(ORGS),
-             "sizing": {"max_cpu": 4, "max_memory": "8GiB"}},
-        ],  # fmt: skip
+        "runner_groups": groups or default_groups,
         "backends": {
             "fake": {
                 "mode": "local",
@@ -256,7 +260,8 @@ def world(emulator: Any) -> Iterator[Any]:
 def test_two_managers_serve_30_jobs_within_caps(world: Any, redis_url: str, tmp_path: Path) -> None:
     emulator = world
     managers = [
-        write_manager(tmp_path, manager_config(tmp_path, unit, emulator.url, redis_url)) for unit in ("u0", "u1")
+        write_manager(tmp_path, manager_config(tmp_path, unit, emulator.url, redis_url))
+        for unit in ("u0", "u1")
     ]
     for manager in managers:
         for org in ORGS:
@@ -281,7 +286,11 @@ def test_two_managers_serve_30_jobs_within_caps(world: Any, redis_url: str, tmp_
                 wait_for(all_done, 120, interval=0.25, what="all 30 jobs completed")
             except TimeoutError:
                 jobs = {j["id"]: j for j in emulator.control.jobs()}
-                left = {j: (jobs[j]["status"], jobs[j]["labels"]) for j in job_ids if jobs[j]["status"] != "completed"}
+                left = {
+                    j: (jobs[j]["status"], jobs[j]["labels"])
+                    for j in job_ids
+                    if jobs[j]["status"] != "completed"
+                }
                 raise AssertionError(
                     f"jobs not completed: {left}\n--- u0\n{managers[0].tail()}\n--- u1\n{managers[1].tail()}"
                 ) from None
@@ -310,11 +319,19 @@ def test_two_managers_serve_30_jobs_within_caps(world: Any, redis_url: str, tmp_
         assert groups["small"]["github_requests"] > 0
         table = run_cli(managers[1].config, "status")
         assert table.returncode == 0, table.stderr
-        assert "small" in table.stdout and "large" in table.stdout and "GitHub calls spent" in table.stdout
+        assert (
+            "small" in table.stdout
+            and "large" in table.stdout
+            and "GitHub calls spent" in table.stdout
+        )
 
         # webhooks reached both managers; the job queue served each event once
         counters = _counters(redis_url)
-        assert counters.get("jobqueue_duplicate_job_event", 0) + counters.get("jobqueue_duplicate_delivery", 0) >= 30
+        assert (
+            counters.get("jobqueue_duplicate_job_event", 0)
+            + counters.get("jobqueue_duplicate_delivery", 0)
+            >= 30
+        )
         assert counters.get("jobs_unmatched", 0) == 0
 
         for manager in managers:
@@ -396,14 +413,25 @@ def test_sized_job_gets_its_own_sized_runner(world: Any, manager: RunnerManager)
     assert [r.name for r in manager.store.list_runners()] == [rec.name]
 
 
-def test_unmatched_and_refused_jobs_are_counted_not_served(world: Any, manager: RunnerManager) -> None:
+def test_unmatched_and_refused_jobs_are_counted_not_served(
+    world: Any, manager: RunnerManager
+) -> None:
     assert manager.job_queued(1001, "acme/app", ["self-hosted", "gpu"], time.time()) is None
-    assert manager.job_queued(1002, "acme/app", ["self-hosted", "large", "mem=64GiB"], time.time()) is None
-    assert manager.job_queued(1003, "acme/app", ["self-hosted", "large", "cpu=lots"], time.time()) is None
+    assert (
+        manager.job_queued(1002, "acme/app", ["self-hosted", "large", "mem=64GiB"], time.time())
+        is None
+    )
+    assert (
+        manager.job_queued(1003, "acme/app", ["self-hosted", "large", "cpu=lots"], time.time())
+        is None
+    )
     counters = manager.store.counters()
     assert counters["jobs_unmatched"] == 1 and counters["jobs_refused"] == 2
     assert manager.metrics.value("ghrm_jobs_unmatched_total") == 1
-    assert manager.metrics.value("ghrm_jobs_refused_total", {"group": "large", "reason": "sizing"}) == 2
+    assert (
+        manager.metrics.value("ghrm_jobs_refused_total", {"group": "large", "reason": "sizing"})
+        == 2
+    )
     assert manager.pending_jobs() == {}
     assert manager.store.list_runners() == []
 
@@ -452,3 +480,40 @@ def test_reconcile_returns_intended_minus_actual_and_flush_counts(
     finally:
         mgr.close()
         _kill_leftovers(tmp_path / "u0" / "fake.json")
+
+
+def test_service_survives_a_redis_outage_and_rebuilds_an_emptied_redis(
+    world: Any, redis_server: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """Redis goes away (loops log and back off, nothing crashes) and comes back empty: the records
+    are rebuilt from the backend and GitHub, no runner is duplicated or deleted."""
+    data = manager_config(
+        tmp_path, "u0", world.url, redis_url, fake={"mode": "memory"}, reconcile_interval="1s", metrics_listen=None
+    )
+    data.pop("webhook")
+    data["runner_groups"][0]["min_idle"] = 2
+    mgr = RunnerManager(parse_config(data))
+    stop = threading.Event()
+    service = threading.Thread(target=mgr.serve, args=(stop,), daemon=True)
+    service.start()
+    try:
+        wait_for(lambda: len(mgr.store.list_runners("small")) == 2, 30, what="the min_idle pool")
+        mgr.wait_idle(30)
+        before = {r.name for r in mgr.store.list_runners()}
+        redis_server.stop()
+        wait_for(
+            lambda: (mgr.metrics.value("ghrm_reconcile_total", {"result": "error"}) or 0) >= 1,
+            30, what="a reconcile failing on the outage",
+        )  # fmt: skip
+        assert service.is_alive()
+        redis_server.restart()  # an empty Redis: nothing was saved
+        wait_for(lambda: {r.name for r in mgr.store.list_runners()} == before, 30, what="records rebuilt")
+        assert service.is_alive()
+        assert {i.name for i in mgr.backend("fake").list()} == before
+        assert {r["name"] for r in our_github_runners(world)} == before
+        assert all(r.unit == "u0" and r.group == "small" for r in mgr.store.list_runners())
+    finally:
+        stop.set()
+        service.join(30)
+        mgr.close()
+    assert not service.is_alive()

@@ -188,14 +188,14 @@ def test_dump_config_contains_no_secret(ctx: testing.Context, fake_manager: Fake
     for secret in (*SECRET_VALUES, "mirror-pass-123"):
         assert secret not in text
     dumped = yaml.safe_load(text)
-    assert dumped["github"]["token"] == "<redacted>"
-    assert dumped["webhook"]["secret"] == "<redacted>"
+    assert dumped["github"]["token"] == "**********"
+    assert dumped["webhook"]["secret"] == "**********"
     assert dumped["backends"]["aws"] == {
-        "region": "<redacted>",
-        "access_key_id": "<redacted>",
-        "secret_access_key": "<redacted>",
+        "region": "**********",
+        "access_key_id": "**********",
+        "secret_access_key": "**********",
     }
-    assert dumped["redis"]["url"] == "redis://default:<redacted>@10.0.0.5:6379/0"
+    assert dumped["redis"]["url"] == "redis://default:**********@10.0.0.5:6379/0"
     assert dumped["github"]["paths"] == ["acme"]
     # The secrets did reach the manager; only the dump hides them.
     assert fake_manager.state is not None

@@ -171,7 +171,7 @@ def test_full_valid_config_is_active(ctx: testing.Context, fake_manager: FakeMan
     assert group.min_idle == group.max_runners == 3
     assert group.memory == 16 * 1024**3 and group.disk == 20 * 1024**3
     assert group.labels[3:] == ("large", "gpu", "size=large")
-    assert group.github_group == "ci runners"
+    assert group.runner_group == "ci runners"
     assert state.backend_config["aws"]["secret_access_key"] == AWS_SECRET_KEY
     assert state.denylist == ("10.0.0.0/8", "192.168.1.7/32", "fd00::/8")
     assert state.image == "github-runner-ubuntu-24.04"
@@ -275,7 +275,7 @@ def test_runner_groups_replace_single_group_options(
         ("lxd",),
     )
     assert large.backends == ("lxd", "openstack")
-    assert large.github_group == "big-jobs"
+    assert large.runner_group == "big-jobs"
     assert large.max_lifetime == 6 * 3600
     assert "x-large" in large.labels
 
@@ -303,7 +303,7 @@ def test_to_manager_config_has_the_design_format() -> None:
         "token": TOKEN,
     }
     assert config["webhook"] == {"secret": WEBHOOK_SECRET}
-    assert config["redis"] == {"url": None}
+    assert config["redis"] == {}  # the manager's default: the redis-server on the unit
     assert config["reconcile_interval"] == "1m"
     assert (config["max_total_runners"], config["per_owner_max_runners"]) == (50, 0)
     assert config["denylist"] == ["10.0.0.0/8"]
@@ -318,14 +318,14 @@ def test_to_manager_config_has_the_design_format() -> None:
             "disk": "20GiB",
             "min_idle": 2,
             "max_runners": 20,
-            "github_group": "default",
+            "runner_group": "default",
         }
     ]
     assert config["backends"]["aws"]["secret_access_key"] == AWS_SECRET_KEY
     redacted = yaml.safe_dump(charm_state.to_manager_config(redact=True))
     for secret in (TOKEN, WEBHOOK_SECRET, AWS_SECRET_KEY):
         assert secret not in redacted
-    assert "secret_access_key: <redacted>" in redacted
+    assert "secret_access_key: '**********'" in redacted
 
 
 def test_backend_config_per_backend_mapping() -> None:
@@ -454,3 +454,30 @@ def test_huge_numbers_are_not_sizes() -> None:
     config = {**DEFAULTS, "path": "acme", "token": "t", "test-mode": True, "vm-disk": "9" * 400}
     with pytest.raises(CharmConfigInvalidError, match=r"^vm-disk: .* is not a size like 7GiB$"):
         CharmState.from_config(config, read_secret=dict)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"webhook-secret": WEBHOOK_SECRET_OBJ.id, "redis-url": "redis://:pw@10.0.0.5:6379/0"},
+        {"backend": "aws", "backend-config": BACKEND_SECRET.id, "denylist": "10.0.0.0/8,fd00::/8"},
+        {"path": "enterprise:big, acme/app", "labels": "large,size=large", "vm-memory": "512MiB"},
+        {
+            "runner-groups": "- {name: small, min-idle: 2, max-runners: 20, memory: 4GiB}\n"
+            "- {name: large, backends: [lxd, openstack], cpu: 8, max-lifetime: 6h, group: big}",
+            "max-total-runners": 50,
+            "per-owner-max-runners": 20,
+        },
+    ],
+)
+def test_the_manager_accepts_to_manager_config(config: dict[str, Any]) -> None:
+    """What the charm produces is a valid config for `github_runner_manager` as it stands."""
+    manager_config = pytest.importorskip("github_runner_manager.config")
+    state = make_state(config)
+    charm_state = CharmState.from_config(state.config, read_secret=read_secret_from(state))
+    parsed = manager_config.parse_config(charm_state.to_manager_config())
+    assert [group.name for group in parsed.runner_groups] == [
+        group.name for group in charm_state.runner_groups
+    ]
+    assert parsed.github.resolve_token().get_secret_value() == TOKEN

@@ -13,6 +13,7 @@ from ops import testing
 from charm import GithubRunnerCharm
 from charm_manager import FakeManager
 from charm_state import OPTIONS, RUNNER_STORAGES, CharmConfigInvalidError, CharmState
+from github_runner_manager.config import parse_config
 from tests.unit.charm.helpers import (
     BACKEND_SECRET,
     CONFIG_OPTIONS,
@@ -172,10 +173,12 @@ def test_generated_configs_block_exactly_when_validation_fails(
         raw_storage = config.get("runner-storage", "juju-storage")
         recorded = installed or (raw_storage if raw_storage in RUNNER_STORAGES else None)
         try:
-            CharmState.from_config(
+            charm_state = CharmState.from_config(
                 config, read_secret=read_secret_from(state), installed_runner_storage=recorded
             )
             expected_block = None
+            # Whatever the charm accepts, the manager accepts too.
+            parse_config(charm_state.to_manager_config())
         except CharmConfigInvalidError as err:
             expected_block = str(err)
 

@@ -280,3 +280,14 @@ def test_cache_key_comes_from_the_script(tmp_path: Path) -> None:
     failing = _script(tmp_path, "echo nope >&2; exit 1\n")
     with pytest.raises(ImageBuildError, match="nope"):
         image_cache_key(_options(failing))
+
+
+def test_operator_template_overrides_the_shipped_one(tmp_path: Path) -> None:
+    (tmp_path / "cron-image-build.j2").write_text(
+        "# ours\n{{ schedule }} {{ user }} {{ command }} >>{{ log }} 2>&1\n"
+    )
+    text = render_schedule(6, ["true"], hostname="h", templates_dir=tmp_path)
+    assert text.startswith("# ours\n") and " root true >>" in text
+    (tmp_path / "cron-image-build.j2").write_text("# no schedule line at all\n")
+    with pytest.raises(ValueError, match="no valid schedule line"):
+        render_schedule(6, ["true"], hostname="h", templates_dir=tmp_path)

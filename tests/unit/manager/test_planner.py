@@ -56,6 +56,11 @@ RUNNER_FIELDS = st.tuples(
     st.sampled_from([False] * 5 + [True]),  # job_unfinished
     st.none() | AGE,  # offline for
 )
+HEALTHY_IDLE_FIELDS = st.tuples(
+    st.just(True), OWNER, st.just(RunnerState.IDLE), AGE, st.just("online"),
+    st.just(False), st.just(True), st.just(False), st.none(),
+)
+ANY_RUNNER_FIELDS = HEALTHY_IDLE_FIELDS | RUNNER_FIELDS
 SKIP_DEMAND = st.integers(0, 9)
 PENDING = st.sampled_from([0, 0, 0, 1, 2, 3, 5])
 QUANTITY = st.none() | st.integers(0, 4)
@@ -84,7 +89,7 @@ def make_group(draw: st.DrawFn, index: int) -> RunnerGroup:
 
 
 def make_runner(draw: st.DrawFn, group_names: st.SearchStrategy[str], index: int) -> ObservedRunner:
-    registered, owner, state, age, status, gh_busy, exists, unfinished, offline_for = draw(RUNNER_FIELDS)
+    registered, owner, state, age, status, gh_busy, exists, unfinished, offline_for = draw(ANY_RUNNER_FIELDS)
     return ObservedRunner(
         name=f"r{index}",
         group=draw(group_names),
