@@ -172,7 +172,11 @@ def run(ctx: Context) -> Figures:
         try:
             cold = build_runner_image(opts)
         except ImageBuildError as exc:
-            details["cold_error"] = {"step": exc.step, "exit_code": exc.exit_code, "output": exc.output[-3000:]}
+            details["cold_error"] = {
+                "step": exc.step,
+                "exit_code": exc.exit_code,
+                "output": exc.output[-3000:],
+            }
             raise
         details["cold"] = {
             "script_s": cold.seconds,

@@ -9,11 +9,12 @@ config, which connects, long-polls, runs the job's step and exits (ephemeral).
 Scenarios (``pickup_<scenario>_{p50,p95,max}_s``):
 
 * ``warm``: ``min_idle`` ≥ the jobs queued at once; each round queues ``min_idle`` jobs together, then waits
-  for the pool to refill (reconcile every 5 s in these scenarios, so the rounds do not wait a minute).
+  for the pool to refill (reconcile every 5 s in the warm scenarios, so the rounds do not wait a minute;
+  the cold ones use the config's default, 60 s).
 * ``cold_fake_0_5`` / ``cold_fake_2``: ``min_idle`` 0, create latency 0.5 s / 2 s; one job at a time.
 * ``..._poll``: the same with webhooks lost (no delivery reaches the manager): only the conditional poll
-  (``github.poll_interval``, default 30 s) finds the jobs; jobs are queued at even offsets over one poll
-  interval so the figures sample the whole wait.
+  (``github.poll_interval``, default 30 s) finds the jobs; right after one poll, jobs are queued at even
+  offsets over one poll interval so the figures sample the whole wait.
 
 ``fake_launch_<latency>_s`` is the instance start of the cold target ("cold ≤ instance start + 2 s"): the
 Fake backend's ``create`` with a fresh JIT config until that runner is online at the emulator, without the
@@ -72,6 +73,8 @@ class Scenario:
     poll_interval: float
     group_extra: dict[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"
+    #: None: the config's default (60 s); the warm scenarios use RECONCILE_INTERVAL to refill between rounds
+    reconcile_interval: float | None = None
     start_timeout: float = 120.0
     job_timeout: float = 120.0
 
@@ -105,16 +108,15 @@ def idle_online(emu: Any) -> int:
         )
 
 
-def list_requests(emu: Any) -> int:
+def requests_of(emu: Any, operation_prefix: str) -> int:
+    """Requests the emulator served for operations whose id starts with ``operation_prefix``."""
     stats = emu.emulator.stats
     with stats._lock:  # read-only
-        return int(
-            sum(
-                v
-                for k, v in stats.requests.items()
-                if k.startswith("actions/list-self-hosted-runners")
-            )
-        )
+        return int(sum(v for k, v in stats.requests.items() if k.startswith(operation_prefix)))
+
+
+def list_requests(emu: Any) -> int:
+    return requests_of(emu, "actions/list-self-hosted-runners")
 
 
 def run_scenario(
@@ -147,8 +149,8 @@ def run_scenario(
         prefix=PREFIX,
         unit="bench-pickup",
         webhook=webhook,
-        reconcile_interval=RECONCILE_INTERVAL,
         github={"poll_interval": sc.poll_interval},
+        **({"reconcile_interval": sc.reconcile_interval} if sc.reconcile_interval else {}),
     )
     proc: ManagerProcess | None = None
     try:
@@ -231,7 +233,10 @@ def run_scenario(
                 wait_started(ids, sc.job_timeout)
                 collect(ids, before)
         else:
-            # poll only: jobs at even offsets over one poll interval, all waiting for the poll
+            # poll only: right after a poll, jobs at even offsets over one poll interval, all waiting for the next
+            polls = requests_of(emu, "actions/list-workflow-runs")
+            wait_for(lambda: proc.check() or requests_of(emu, "actions/list-workflow-runs") > polls, 2 * sc.poll_interval + 30,
+                     "a missed-webhook poll", interval=0.05)  # fmt: skip
             before = {r.id for r in _runners(emu)}
             ids = []
             t0 = time.monotonic()
@@ -405,7 +410,8 @@ def run(ctx: Context) -> Figures:
     latencies = (0.5,) if ctx.quick else (0.5, 2.0)
     redis = start_redis(ctx.tmp / "redis-pickup")
     figures.details["pickup_settings"] = {
-        "reconcile_interval_s": RECONCILE_INTERVAL,
+        "reconcile_interval_warm_s": RECONCILE_INTERVAL,
+        "reconcile_interval_cold_s": "the config default (60 s)",
         "poll_interval_s": poll_interval,
         "backend": "fake (local mode: one runner-app process per instance)",
     }
@@ -414,7 +420,7 @@ def run(ctx: Context) -> Figures:
         warm_idle = 2 if ctx.quick else 4
         warm = Scenario(
             "warm", "fake", fake_settings(ctx, 0.0), min_idle=warm_idle, webhook=True,
-            jobs=warm_idle if ctx.quick else 40, poll_interval=poll_interval,
+            jobs=warm_idle if ctx.quick else 40, poll_interval=poll_interval, reconcile_interval=RECONCILE_INTERVAL,
         )  # fmt: skip
         ctx.log(f"pickup: warm pool of {warm_idle}, {warm.jobs} jobs")
         record(figures, "warm", run_scenario(ctx, redis, warm, fake_cleanup))
@@ -423,7 +429,7 @@ def run(ctx: Context) -> Figures:
         else:
             warm_poll = Scenario(
                 "warm_poll", "fake", fake_settings(ctx, 0.0), min_idle=warm_idle, webhook=False,
-                jobs=12, poll_interval=poll_interval,
+                jobs=12, poll_interval=poll_interval, reconcile_interval=RECONCILE_INTERVAL,
             )  # fmt: skip
             ctx.log("pickup: warm pool, webhooks lost")
             record(figures, "warm_poll", run_scenario(ctx, redis, warm_poll, fake_cleanup))

@@ -354,8 +354,9 @@ def render(result: Result) -> str:
         "emulator; a runner has taken it). The manager runs as `github-runner-manager --config FILE run` in its own "
         "process (Redis, webhook endpoint, job consumers, reconcile and poll loops); runners are real processes "
         "(Fake backend `local` mode runs the emulator's runner application) or LXD containers from the bench "
-        f"runner image. Reconcile every {settings.get('reconcile_interval_s', 5):g} s in the pickup runs (it refills "
-        f"the warm pool between rounds); the missed-webhook poll every {settings.get('poll_interval_s', 30):g} s. "
+        f"runner image. Reconcile every {settings.get('reconcile_interval_warm_s', 5):g} s in the warm-pool runs (it "
+        "refills the pool between rounds), at the config's default (60 s) in the cold ones; the missed-webhook poll "
+        f"every {settings.get('poll_interval_s', 30):g} s. "
         "Webhooks lost = no delivery reaches the manager; jobs are then queued at even offsets over one poll "
         "interval. Cold jobs taken by a runner that existed before they were queued are left out of the cold "
         "figures (listed as `not_cold` in the details).",

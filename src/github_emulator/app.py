@@ -193,18 +193,17 @@ class Emulator:
             if token is None and operation_id != "rate-limit/get":
                 raise self._auth_error()
             fault = self.faults.match(method, request.path, operation_id)
-            if fault is not None:
-                early = self.apply_fault(fault, key)
-                if early is not None:
-                    resp = early
-                    return resp
-            if key is not None:
-                budget = self._charge(key, method, operation_id)
-            reply = handler(**kwargs)
-            resp = _json_response(reply.body, reply.status, reply.headers)
-            if fault is not None and fault.malformed:
-                data = resp.get_data()
-                resp.set_data(data[: max(1, len(data) // 2)] + b'{"')
+            early = self.apply_fault(fault, key) if fault is not None else None
+            if early is not None:
+                resp = early  # the injected answer replaces the real one
+            else:
+                if key is not None:
+                    budget = self._charge(key, method, operation_id)
+                reply = handler(**kwargs)
+                resp = _json_response(reply.body, reply.status, reply.headers)
+                if fault is not None and fault.malformed:
+                    data = resp.get_data()
+                    resp.set_data(data[: max(1, len(data) // 2)] + b'{"')
         except EmulatorError as exc:
             resp = _json_response(exc.body(), exc.status, exc.headers)
         if method == "GET" and resp.status_code == 200:

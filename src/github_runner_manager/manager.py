@@ -743,7 +743,9 @@ class RunnerManager:
                 continue
             gr = obs.github_runner(name)
             if gr is not None:
-                self._adopt(name, bname, inst, gr)
+                adopted = self._adopt(name, bname, inst, gr)
+                if adopted is not None:
+                    out.runners.append(adopted)
             elif obs.all_github_ok and obs.backend_ok.get(bname, False):
                 out.orphan_instances.append(name)
         # GitHub runners with our prefix, no record and no instance: offline ones go
@@ -766,20 +768,35 @@ class RunnerManager:
         self._orphan_names = {k: v for k, v in self._orphan_names.items() if k in seen_now}
         return out
 
-    def _adopt(self, name: str, backend: str, inst: Instance, gr: GitHubRunner) -> None:
+    def _adopt(
+        self, name: str, backend: str, inst: Instance, gr: GitHubRunner
+    ) -> ObservedRunner | None:
         """Rebuild the record of an instance GitHub knows but Redis does not (Redis was emptied)."""
         group = inst.tags.get(TAG_GROUP) or name.removeprefix(f"{self.prefix}-").rpartition("-")[0]
         owner = inst.tags.get(TAG_OWNER) or gr.owner
         if not self.store.reserve_runners(
             group, owner, [name], self.unit, group_cap=0, total_cap=0, owner_cap=0, backend=backend
         ):
-            return
+            return None
         state = RunnerState.BUSY if gr.busy else RunnerState.IDLE
+        registered = gr.status == "online" or gr.busy
         self.store.transition(
             name, [RunnerState.CREATING], state, github_id=gr.id,
-            registered=gr.status == "online" or gr.busy, session=self._session,
+            registered=registered, session=self._session,
         )  # fmt: skip
         logger.info("runner %s adopted: its record was rebuilt from %s and GitHub", name, backend)
+        return ObservedRunner(
+            name=name,
+            group=group,
+            owner=owner,
+            state=state,
+            created_at=inst.created_at or self.clock(),
+            github_id=gr.id,
+            github_status="online" if gr.status == "online" else "offline",
+            github_busy=gr.busy,
+            instance_exists=True,
+            registered=registered,
+        )
 
     # ------------------------------------------------------------------------- reconcile
     def reconcile(self, quantity: int | None = None, resources: Sizing | None = None) -> int:

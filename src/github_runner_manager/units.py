@@ -86,4 +86,4 @@ def format_duration(seconds: float) -> str:
     for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= factor and seconds % factor == 0:
             return f"{int(seconds // factor)}{unit}"
-    return f"{seconds:g}s"
+    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds}s"

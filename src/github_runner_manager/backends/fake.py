@@ -6,8 +6,9 @@ planner benchmarks and the charm tests use.
 
 ``mode: local`` makes each instance a real local process: the runner application (the tarball the
 manager's runner-binary cache downloaded, or an extracted directory given as ``runner_dir``) is
-extracted once and started as ``sh run.sh --jitconfig <jit>`` in its own session, so a job really runs
-end to end without containers. The process *is* the instance: RUNNING while it is alive, STOPPED once it
+extracted once, mirrored per instance (its own directory, files symlinked, so each runner has its own
+work folder) and started as ``sh run.sh --jitconfig <jit>`` in its own session with ``RUNNER_NAME``
+set, so a job really runs end to end without containers. The process *is* the instance: RUNNING while it is alive, STOPPED once it
 exited (an ephemeral runner exits after its one job). ``delete`` kills the whole process group.
 
 With ``state_file`` set, every instance is written to a JSON file (atomically, under a file lock) so a
@@ -402,9 +403,25 @@ class FakeBackend(Backend):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @staticmethod
+    def _mirror(app: Path, target: Path) -> None:
+        """Give an instance its own view of the app: real directories, files symlinked.
+
+        The runner resolves its root from its own path, so each instance gets its own ``_work``
+        and state files (as on separate machines) while the app is extracted only once.
+        """
+        for root, _dirs, files in os.walk(app):
+            rel = Path(root).relative_to(app)
+            (target / rel).mkdir(parents=True, exist_ok=True)
+            for name in files:
+                link = target / rel / name
+                if not link.exists():
+                    link.symlink_to(Path(root) / name)
+
     def _start_process(self, spec: InstanceSpec) -> tuple[int, str | None]:
         app = self._runner_app()
         workdir = self._ensure(self._work_dir / "instances" / spec.name)
+        self._mirror(app, workdir)
         env = {
             k: v for k, v in os.environ.items() if k not in {"GITHUB_TOKEN"} and "SECRET" not in k
         }
@@ -413,8 +430,8 @@ class FakeBackend(Backend):
         sh = shutil.which("sh") or "/bin/sh"
         with open(workdir / "runner.log", "ab") as log:
             child = subprocess.Popen(
-                [sh, str(app / "run.sh"), "--jitconfig", spec.jit_config],
-                cwd=str(app),
+                [sh, str(workdir / "run.sh"), "--jitconfig", spec.jit_config],
+                cwd=str(workdir),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

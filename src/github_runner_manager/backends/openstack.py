@@ -326,8 +326,10 @@ class OpenStackBackend(Backend):
 
     def _wait_built(self, server: Any, name: str) -> Any:
         deadline = time.monotonic() + self.settings.build_timeout
+        delay = 0.1
         while server.status == "BUILD" and time.monotonic() < deadline:
-            time.sleep(min(2.0, max(0.05, deadline - time.monotonic())))
+            time.sleep(min(delay, max(0.05, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
             with self._errors(f"waiting for server {name}"):
                 server = self.conn.compute.get_server(server.id)
         if server.status == "ERROR":
