@@ -141,14 +141,19 @@ def run(ctx: typer.Context) -> None:
         logger.info("signal %s received; stopping", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    faulthandler.register(
-        signal.SIGUSR1, all_threads=True
-    )  # `kill -USR1 PID` dumps every thread's stack
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:  # `kill -USR1 PID` dumps every thread's stack (needs a real stderr)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        dumps = True
+    except (OSError, ValueError):
+        dumps = False
     try:
         manager.serve(stop)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if dumps:
+            faulthandler.unregister(signal.SIGUSR1)
         manager.close()
 
 

@@ -25,7 +25,7 @@ What it promises:
   are adopted when GitHub knows them (Redis was emptied) and deleted otherwise.
 
 Manager-owned Redis keys (besides the store's and the job queue's): ``{p}:pending`` (hash job id →
-pending job JSON), ``{p}:units`` (set of unit names), ``{p}:unit:{unit}`` (heartbeat with a TTL),
+pending job JSON), ``{p}:units`` (hash unit → last heartbeat), ``{p}:unit:{unit}`` (heartbeat, TTL),
 ``{p}:github`` (last rate-limit budget seen). All can be rebuilt: the poll finds queued jobs again.
 """
 
@@ -106,6 +106,9 @@ _BUSY_STALE = 120.0
 _PENDING_MAX_AGE = 86400.0
 #: Heartbeat lifetime of a unit; its pending jobs are adopted by another unit once it lapses.
 HEARTBEAT_TTL = 30.0
+#: A unit silent this long (at least 10 of its reconcile intervals) is gone: the registrations and
+#: records it left (offline on GitHub) are removed so they stop holding cap slots.
+DEAD_UNIT_AFTER = 900.0
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
 
 # Compare-and-set of one hash field: KEYS[1] hash, ARGV[1] field, ARGV[2] expected, ARGV[3] new value.
@@ -242,6 +245,7 @@ class _Settled:
 
     runners: list[ObservedRunner] = field(default_factory=list)
     stale: list[RunnerRecord] = field(default_factory=list)
+    dead: list[RunnerRecord] = field(default_factory=list)
     resume: list[RunnerRecord] = field(default_factory=list)
     orphan_instances: list[str] = field(default_factory=list)
     orphan_github: list[tuple[str, int]] = field(default_factory=list)
@@ -435,10 +439,24 @@ class RunnerManager:
         def beat() -> None:
             pipe = self.store.client.pipeline(transaction=False)
             pipe.set(key, self._session, ex=int(HEARTBEAT_TTL))
-            pipe.sadd(f"{self._kp}:units", self.unit)
+            pipe.hset(f"{self._kp}:units", self.unit, repr(self.clock()))
             pipe.execute()
 
         self._redis("heartbeat", beat)
+
+    def _dead_units(self, now: float) -> set[str]:
+        """Units silent for long (no heartbeat for ``DEAD_UNIT_AFTER`` or 10 reconcile intervals)."""
+        after = max(DEAD_UNIT_AFTER, 10 * self.config.reconcile_interval)
+        seen = self._redis("units", lambda: self.store.client.hgetall(f"{self._kp}:units"))
+        dead = set()
+        for unit, when in seen.items():
+            try:
+                silent = now - float(when)
+            except ValueError:
+                continue
+            if unit != self.unit and silent > after and not self._unit_alive(unit):
+                dead.add(unit)
+        return dead
 
     def _unit_alive(self, unit: str) -> bool:
         if unit == self.unit:
@@ -615,7 +633,13 @@ class RunnerManager:
         with self._inflight_lock:
             creating = set(self._creating)
             deleting = set(self._deleting)
+        dead_units = self._dead_units(now)
         for rec in obs.records.values():
+            if rec.unit in dead_units and obs.github_ok.get(rec.owner, False):
+                gr = obs.github.get(rec.owner, {}).get(rec.name)
+                if gr is None or (gr.status != "online" and not gr.busy):
+                    out.dead.append(rec)
+                    continue
             if rec.unit != self.unit:
                 out.total_elsewhere += 1
                 out.owner_elsewhere[rec.owner] = out.owner_elsewhere.get(rec.owner, 0) + 1
@@ -884,7 +908,7 @@ class RunnerManager:
         settled = self._settle(obs)
         # settle what dead processes left first: their records still count against the caps
         self._wait(
-            [self._submit(self._remove_stale, rec, obs) for rec in settled.stale]
+            [self._submit(self._remove_stale, rec, obs) for rec in settled.stale + settled.dead]
             + [
                 self._submit(self._delete_runner, r.name, "resume", allow_busy=True)
                 for r in settled.resume
@@ -1225,7 +1249,7 @@ class RunnerManager:
         return 1
 
     def _remove_stale(self, rec: RunnerRecord, obs: _Observation) -> None:
-        """Settle a ``creating`` record whose creator died: remove its instance, GitHub runner, record."""
+        """Settle a record whose creator (or whole unit) died: remove its instance, GitHub runner, record."""
         with self.store.lease(f"delete:{rec.name}", ttl=120) as mine:
             if not mine:
                 return
@@ -1237,7 +1261,12 @@ class RunnerManager:
             if github_id is not None:
                 self.github.delete_runner(GitHubPath.parse(rec.owner), github_id)
             self.store.delete_runner(rec.name)
-            logger.info("runner %s: abandoned creation cleaned up", rec.name)
+            if rec.unit == self.unit:
+                logger.info("runner %s: abandoned creation cleaned up", rec.name)
+            else:
+                logger.info(
+                    "runner %s of gone unit %s: registration and record removed", rec.name, rec.unit
+                )
 
     def _delete_runner(self, name: str, reason: str, *, allow_busy: bool = False) -> bool:
         """Delete one runner: instance, then GitHub runner, then record. False when it is kept."""

@@ -63,7 +63,7 @@ class GCEError(HTTPException):
             }
         }
 
-    def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # noqa: ARG002
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         return Response(json.dumps(self.payload), status=self.code, mimetype="application/json")
 
 
@@ -81,7 +81,11 @@ def _match_filter(text: str, instance: dict[str, Any]) -> bool:
     terms = list(FILTER_TERM_RE.finditer(consumed))
     leftover = FILTER_TERM_RE.sub(" ", consumed).strip()
     if not terms or leftover:
-        raise GCEError(400, f"Invalid value for field 'filter': '{text}'. Invalid list filter expression.", "invalid")
+        raise GCEError(
+            400,
+            f"Invalid value for field 'filter': '{text}'. Invalid list filter expression.",
+            "invalid",
+        )
     for term in terms:
         name, op, raw = term.group("field"), term.group("op"), term.group("value")
         value = raw[1:-1] if raw[:1] in "\"'" else raw
@@ -137,7 +141,9 @@ class GCEEmulator:
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> GCEEmulator:
         self._server = make_server(host, port, self.wsgi, threaded=True, request_handler=_Quiet)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gce-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="gce-emulator", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -170,7 +176,9 @@ class GCEEmulator:
         except GCEError as exc:
             response = exc.get_response()
         except HTTPException as exc:
-            response = GCEError(exc.code or 500, exc.description or "error", "invalid").get_response()
+            response = GCEError(
+                exc.code or 500, exc.description or "error", "invalid"
+            ).get_response()
         return response(environ, start_response)
 
     def _authenticate(self, request: Request) -> None:
@@ -221,14 +229,20 @@ class GCEEmulator:
     def _advance(self, project: str, zone: str, op_name: str) -> dict[str, Any]:
         op = self.operations.get((project, zone, op_name))
         if op is None:
-            raise GCEError(404, f"The resource 'projects/{project}/zones/{zone}/operations/{op_name}' was not found", "notFound")
+            raise GCEError(
+                404,
+                f"The resource 'projects/{project}/zones/{zone}/operations/{op_name}' was not found",
+                "notFound",
+            )
         op["_polls"] += 1
         if op["status"] != "DONE" and op["_polls"] >= self.operation_polls:
             op.update(status="DONE", progress=100, endTime=_now())
             if op["_error"]:
                 op["error"] = {"errors": [op["_error"]]}
                 op["httpErrorStatusCode"] = 403 if op["_error"]["code"] == "QUOTA_EXCEEDED" else 400
-                op["httpErrorMessage"] = "FORBIDDEN" if op["_error"]["code"] == "QUOTA_EXCEEDED" else "BAD REQUEST"
+                op["httpErrorMessage"] = (
+                    "FORBIDDEN" if op["_error"]["code"] == "QUOTA_EXCEEDED" else "BAD REQUEST"
+                )
             else:
                 target = op["targetLink"].rsplit("/", 1)[-1]
                 instance = self.instances.get((project, zone, target))
@@ -264,20 +278,36 @@ class GCEEmulator:
             raise GCEError(400, "Invalid JSON payload received.", "parseError") from None
         name = str(body.get("name", ""))
         if not NAME_RE.match(name):
-            raise GCEError(400, f"Invalid value for field 'resource.name': '{name}'. Must be a match of regex '(?:[a-z](?:[-a-z0-9]{{0,61}}[a-z0-9])?)'", "invalid")
+            raise GCEError(
+                400,
+                f"Invalid value for field 'resource.name': '{name}'. Must be a match of regex '(?:[a-z](?:[-a-z0-9]{{0,61}}[a-z0-9])?)'",
+                "invalid",
+            )
         for key, value in (body.get("labels") or {}).items():
             if not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(str(value)):
-                raise GCEError(400, f"Invalid value for field 'resource.labels': '{key}={value}'", "invalid")
+                raise GCEError(
+                    400, f"Invalid value for field 'resource.labels': '{key}={value}'", "invalid"
+                )
         if not body.get("machineType"):
-            raise GCEError(400, "Invalid value for field 'resource.machineType': ''. Machine type is required.", "invalid")
+            raise GCEError(
+                400,
+                "Invalid value for field 'resource.machineType': ''. Machine type is required.",
+                "invalid",
+            )
         if (project, zone, name) in self.instances:
-            raise GCEError(409, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists", "alreadyExists")
+            raise GCEError(
+                409,
+                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists",
+                "alreadyExists",
+            )
         in_zone = sum(1 for (p, z, _) in self.instances if p == project and z == zone)
         if self.quota is not None and in_zone >= self.quota:
             message = f"Quota 'INSTANCES' exceeded.  Limit: {float(self.quota)} in region {zone.rsplit('-', 1)[0]}."
             if self.quota_mode == "http":
                 raise GCEError(403, message, "quotaExceeded")
-            return self._operation(project, zone, "insert", name, {"code": "QUOTA_EXCEEDED", "message": message})
+            return self._operation(
+                project, zone, "insert", name, {"code": "QUOTA_EXCEEDED", "message": message}
+            )
         instance_id = str(next(self._ids))
         machine = str(body["machineType"])
         instance = {
@@ -287,9 +317,15 @@ class GCEEmulator:
             "status": "PROVISIONING",
             "creationTimestamp": _now(),
             "zone": self._base(project, zone),
-            "machineType": machine if machine.startswith("http") else f"{self.url}/compute/v1/projects/{project}/{machine}",
+            "machineType": machine
+            if machine.startswith("http")
+            else f"{self.url}/compute/v1/projects/{project}/{machine}",
             "selfLink": f"{self._base(project, zone)}/instances/{name}",
-            "metadata": {**(body.get("metadata") or {}), "fingerprint": "ZW11bGF0b3I=", "kind": "compute#metadata"},
+            "metadata": {
+                **(body.get("metadata") or {}),
+                "fingerprint": "ZW11bGF0b3I=",
+                "kind": "compute#metadata",
+            },
         }
         for index, nic in enumerate(instance.get("networkInterfaces") or []):
             nic.setdefault("name", f"nic{index}")
@@ -297,21 +333,31 @@ class GCEEmulator:
         self.instances[(project, zone, name)] = instance
         return self._operation(project, zone, "insert", name)
 
-    def _instance_get(self, request: Request, project: str, zone: str, name: str) -> dict[str, Any]:  # noqa: ARG002
+    def _instance_get(self, request: Request, project: str, zone: str, name: str) -> dict[str, Any]:
         instance = self.instances.get((project, zone, name))
         if instance is None:
-            raise GCEError(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found", "notFound")
+            raise GCEError(
+                404,
+                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found",
+                "notFound",
+            )
         return instance
 
-    def _instance_delete(self, request: Request, project: str, zone: str, name: str) -> dict[str, Any]:  # noqa: ARG002
+    def _instance_delete(
+        self, request: Request, project: str, zone: str, name: str
+    ) -> dict[str, Any]:
         if self.instances.pop((project, zone, name), None) is None:
-            raise GCEError(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found", "notFound")
+            raise GCEError(
+                404,
+                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found",
+                "notFound",
+            )
         return self._operation(project, zone, "delete", name)
 
-    def _operation_get(self, request: Request, project: str, zone: str, op: str) -> dict[str, Any]:  # noqa: ARG002
+    def _operation_get(self, request: Request, project: str, zone: str, op: str) -> dict[str, Any]:
         return self._advance(project, zone, op)
 
-    def _wait_post(self, request: Request, project: str, zone: str, op: str) -> dict[str, Any]:  # noqa: ARG002
+    def _wait_post(self, request: Request, project: str, zone: str, op: str) -> dict[str, Any]:
         # The real wait blocks until DONE or about two minutes; here every look advances the operation.
         body = self._advance(project, zone, op)
         while body["status"] != "DONE":

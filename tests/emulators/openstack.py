@@ -42,7 +42,7 @@ class _Quiet(WSGIRequestHandler):
         """No access log on the test output."""
 
 
-class OSError_(HTTPException):  # noqa: N801 - not the builtin OSError
+class OSError_(HTTPException):
     """An error in the shape Nova and Keystone answer with."""
 
     def __init__(self, code: int, kind: str, message: str) -> None:
@@ -52,7 +52,7 @@ class OSError_(HTTPException):  # noqa: N801 - not the builtin OSError
         if kind == "error":
             self.body = {"error": {"code": code, "message": message, "title": kind}}
 
-    def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # noqa: ARG002
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         return Response(json.dumps(self.body), status=self.code, mimetype="application/json")
 
 
@@ -103,8 +103,15 @@ class OpenStackEmulator:
                 Rule("/", endpoint="root", methods=["GET"]),
                 Rule("/v3", endpoint="identity_version", methods=["GET"], strict_slashes=False),
                 Rule("/v3/auth/tokens", endpoint="tokens", methods=["GET", "POST", "HEAD"]),
-                Rule("/compute", endpoint="compute_versions", methods=["GET"], strict_slashes=False),
-                Rule("/compute/v2.1", endpoint="compute_version", methods=["GET"], strict_slashes=False),
+                Rule(
+                    "/compute", endpoint="compute_versions", methods=["GET"], strict_slashes=False
+                ),
+                Rule(
+                    "/compute/v2.1",
+                    endpoint="compute_version",
+                    methods=["GET"],
+                    strict_slashes=False,
+                ),
                 Rule("/compute/v2.1/servers", endpoint="servers", methods=["GET", "POST"]),
                 Rule("/compute/v2.1/servers/detail", endpoint="servers_detail", methods=["GET"]),
                 Rule("/compute/v2.1/servers/<sid>", endpoint="server", methods=["GET", "DELETE"]),
@@ -114,7 +121,9 @@ class OpenStackEmulator:
                 Rule("/image", endpoint="image_versions", methods=["GET"], strict_slashes=False),
                 Rule("/image/v2/images", endpoint="images", methods=["GET"]),
                 Rule("/image/v2/images/<iid>", endpoint="image", methods=["GET"]),
-                Rule("/network", endpoint="network_versions", methods=["GET"], strict_slashes=False),
+                Rule(
+                    "/network", endpoint="network_versions", methods=["GET"], strict_slashes=False
+                ),
                 Rule("/network/v2.0/networks", endpoint="networks", methods=["GET"]),
                 Rule("/network/v2.0/networks/<nid>", endpoint="network", methods=["GET"]),
             ]
@@ -132,7 +141,9 @@ class OpenStackEmulator:
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> OpenStackEmulator:
         self._server = make_server(host, port, self.wsgi, threaded=True, request_handler=_Quiet)
-        threading.Thread(target=self._server.serve_forever, name="openstack-emulator", daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, name="openstack-emulator", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -154,7 +165,11 @@ class OpenStackEmulator:
         try:
             endpoint, args = self._routes.bind_to_environ(environ).match()
             self.requests.append((request.method, request.full_path.rstrip("?")))
-            if endpoint not in {"root", "identity_version", "tokens"} and not endpoint.endswith("versions") and endpoint != "compute_version":
+            if (
+                endpoint not in {"root", "identity_version", "tokens"}
+                and not endpoint.endswith("versions")
+                and endpoint != "compute_version"
+            ):
                 self._check_token(request)
             method = "get" if request.method == "HEAD" else request.method.lower()
             with self._lock:
@@ -171,7 +186,11 @@ class OpenStackEmulator:
         except OSError_ as exc:
             response = exc.get_response()
         except HTTPException as exc:
-            response = OSError_(exc.code or 500, "itemNotFound" if exc.code == 404 else "badRequest", exc.description or "").get_response()
+            response = OSError_(
+                exc.code or 500,
+                "itemNotFound" if exc.code == 404 else "badRequest",
+                exc.description or "",
+            ).get_response()
         return response(environ, start_response)
 
     def _check_token(self, request: Request) -> None:
@@ -179,17 +198,22 @@ class OpenStackEmulator:
             raise OSError_(401, "error", "The request you have made requires authentication.")
 
     # ------------------------------------------------------------------ keystone
-    def _root_get(self, request: Request) -> dict[str, Any]:  # noqa: ARG002
+    def _root_get(self, request: Request) -> dict[str, Any]:
         return {"versions": {"values": [self._identity_version_get(request)["version"]]}}
 
-    def _identity_version_get(self, request: Request) -> dict[str, Any]:  # noqa: ARG002
+    def _identity_version_get(self, request: Request) -> dict[str, Any]:
         return {
             "version": {
                 "id": "v3.14",
                 "status": "stable",
                 "updated": "2020-04-07T00:00:00Z",
                 "links": [{"rel": "self", "href": f"{self.url}/v3/"}],
-                "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+                "media-types": [
+                    {
+                        "base": "application/json",
+                        "type": "application/vnd.openstack.identity-v3+json",
+                    }
+                ],
             }
         }
 
@@ -222,9 +246,13 @@ class OpenStackEmulator:
             auth = json.loads(request.get_data() or b"{}")["auth"]
             user = auth["identity"]["password"]["user"]
         except (ValueError, KeyError, TypeError):
-            raise OSError_(400, "error", "Expecting to find auth.identity.password.user in the request.") from None
+            raise OSError_(
+                400, "error", "Expecting to find auth.identity.password.user in the request."
+            ) from None
         name, password = str(user.get("name", "")), str(user.get("password", ""))
-        if self.users.get(name) != password or not secrets.compare_digest(self.users.get(name, ""), password):
+        if self.users.get(name) != password or not secrets.compare_digest(
+            self.users.get(name, ""), password
+        ):
             raise OSError_(401, "error", "The request you have made requires authentication.")
         token = secrets.token_hex(16)
         self._tokens[token] = name
@@ -235,7 +263,12 @@ class OpenStackEmulator:
                 "methods": ["password"],
                 "issued_at": _iso(issued),
                 "expires_at": _iso(issued + timedelta(hours=1)),
-                "user": {"id": uuid.uuid5(uuid.NAMESPACE_URL, name).hex, "name": name, "domain": domain, "password_expires_at": None},
+                "user": {
+                    "id": uuid.uuid5(uuid.NAMESPACE_URL, name).hex,
+                    "name": name,
+                    "domain": domain,
+                    "password_expires_at": None,
+                },
                 "project": {"id": self._project_id, "name": self.project, "domain": domain},
                 "roles": [{"id": uuid.uuid5(uuid.NAMESPACE_URL, "member").hex, "name": "member"}],
                 "catalog": self._catalog(),
@@ -261,13 +294,18 @@ class OpenStackEmulator:
             "min_version": "2.1",
             "updated": "2013-07-23T11:33:21Z",
             "links": [{"rel": "self", "href": f"{self.url}/compute/v2.1/"}],
-            "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2.1"}],
+            "media-types": [
+                {
+                    "base": "application/json",
+                    "type": "application/vnd.openstack.compute+json;version=2.1",
+                }
+            ],
         }
 
-    def _compute_versions_get(self, request: Request) -> dict[str, Any]:  # noqa: ARG002
+    def _compute_versions_get(self, request: Request) -> dict[str, Any]:
         return {"versions": [self._version_doc()]}
 
-    def _compute_version_get(self, request: Request) -> dict[str, Any]:  # noqa: ARG002
+    def _compute_version_get(self, request: Request) -> dict[str, Any]:
         return {"version": self._version_doc()}
 
     def _advance(self, server: dict[str, Any]) -> dict[str, Any]:
@@ -275,11 +313,26 @@ class OpenStackEmulator:
         if server["status"] == "BUILD" and server["_looks"] >= self.build_polls:
             if server["_no_valid_host"]:
                 server.update(
-                    {"status": "ERROR", "OS-EXT-STS:vm_state": "error", "OS-EXT-STS:task_state": None},
-                    fault={"code": 500, "created": _iso(_now()), "message": "No valid host was found. There are not enough hosts available."},
+                    {
+                        "status": "ERROR",
+                        "OS-EXT-STS:vm_state": "error",
+                        "OS-EXT-STS:task_state": None,
+                    },
+                    fault={
+                        "code": 500,
+                        "created": _iso(_now()),
+                        "message": "No valid host was found. There are not enough hosts available.",
+                    },
                 )
             else:
-                server.update({"status": "ACTIVE", "OS-EXT-STS:vm_state": "active", "OS-EXT-STS:task_state": None, "OS-EXT-STS:power_state": 1})
+                server.update(
+                    {
+                        "status": "ACTIVE",
+                        "OS-EXT-STS:vm_state": "active",
+                        "OS-EXT-STS:task_state": None,
+                        "OS-EXT-STS:power_state": 1,
+                    }
+                )
         return {k: v for k, v in server.items() if not k.startswith("_")}
 
     def _servers_post(self, request: Request) -> Response:
@@ -296,15 +349,23 @@ class OpenStackEmulator:
             raise OSError_(400, "badRequest", f"Image {image_ref} could not be found.")
         networks = body.get("networks")
         if networks is None:
-            raise OSError_(400, "badRequest", "Invalid input for field/attribute networks (required since 2.37).")
+            raise OSError_(
+                400,
+                "badRequest",
+                "Invalid input for field/attribute networks (required since 2.37).",
+            )
         if isinstance(networks, list):
             for net in networks:
                 if not any(n["id"] == net.get("uuid") for n in self.networks):
-                    raise OSError_(400, "badRequest", f"Network {net.get('uuid')} could not be found.")
+                    raise OSError_(
+                        400, "badRequest", f"Network {net.get('uuid')} could not be found."
+                    )
         metadata = body.get("metadata") or {}
         for key, value in metadata.items():
             if not isinstance(value, str) or len(key) > 255 or len(value) > 255:
-                raise OSError_(400, "badRequest", f"Invalid input for field/attribute metadata: {key}")
+                raise OSError_(
+                    400, "badRequest", f"Invalid input for field/attribute metadata: {key}"
+                )
         if self.quota is not None and len(self.servers) >= self.quota:
             raise OSError_(
                 403,
@@ -313,21 +374,44 @@ class OpenStackEmulator:
             )
         sid = str(uuid.uuid4())
         created = _iso(_now())
-        net_name = self.networks[0]["name"] if networks == "auto" else next(
-            n["name"] for n in self.networks if n["id"] == networks[0]["uuid"]
-        ) if networks else None
+        net_name = (
+            self.networks[0]["name"]
+            if networks == "auto"
+            else next(n["name"] for n in self.networks if n["id"] == networks[0]["uuid"])
+            if networks
+            else None
+        )
         self.servers[sid] = {
             "id": sid,
             "name": name,
             "status": "BUILD",
             "tenant_id": self._project_id,
-            "user_id": uuid.uuid5(uuid.NAMESPACE_URL, self._tokens[request.headers["X-Auth-Token"]]).hex,
+            "user_id": uuid.uuid5(
+                uuid.NAMESPACE_URL, self._tokens[request.headers["X-Auth-Token"]]
+            ).hex,
             "metadata": metadata,
             "created": created,
             "updated": created,
             "hostId": "",
-            "addresses": {net_name: [{"addr": f"192.168.0.{len(self.servers) % 250 + 2}", "version": 4, "OS-EXT-IPS:type": "fixed"}]} if net_name else {},
-            "flavor": {"original_name": flavor["name"], "vcpus": flavor["vcpus"], "ram": flavor["ram"], "disk": flavor["disk"], "ephemeral": 0, "swap": 0},
+            "addresses": {
+                net_name: [
+                    {
+                        "addr": f"192.168.0.{len(self.servers) % 250 + 2}",
+                        "version": 4,
+                        "OS-EXT-IPS:type": "fixed",
+                    }
+                ]
+            }
+            if net_name
+            else {},
+            "flavor": {
+                "original_name": flavor["name"],
+                "vcpus": flavor["vcpus"],
+                "ram": flavor["ram"],
+                "disk": flavor["disk"],
+                "ephemeral": 0,
+                "swap": 0,
+            },
             "image": {"id": image_ref},
             "key_name": body.get("key_name"),
             "security_groups": body.get("security_groups") or [{"name": "default"}],
@@ -363,18 +447,23 @@ class OpenStackEmulator:
         return found
 
     def _servers_get(self, request: Request) -> dict[str, Any]:
-        return {"servers": [{"id": s["id"], "name": s["name"], "links": s["links"]} for s in self._select(request)]}
+        return {
+            "servers": [
+                {"id": s["id"], "name": s["name"], "links": s["links"]}
+                for s in self._select(request)
+            ]
+        }
 
     def _servers_detail_get(self, request: Request) -> dict[str, Any]:
         return {"servers": self._select(request)}
 
-    def _server_get(self, request: Request, sid: str) -> dict[str, Any]:  # noqa: ARG002
+    def _server_get(self, request: Request, sid: str) -> dict[str, Any]:
         server = self.servers.get(sid)
         if server is None:
             raise OSError_(404, "itemNotFound", f"Instance {sid} could not be found.")
         return {"server": self._advance(server)}
 
-    def _server_delete(self, request: Request, sid: str) -> Response:  # noqa: ARG002
+    def _server_delete(self, request: Request, sid: str) -> Response:
         if self.servers.pop(sid, None) is None:
             raise OSError_(404, "itemNotFound", f"Instance {sid} could not be found.")
         return Response(status=204)
@@ -383,7 +472,11 @@ class OpenStackEmulator:
         for item in items:
             if item["id"] == ref:
                 return item
-        raise OSError_(404 if kind != "Flavor" else 400, "itemNotFound" if kind != "Flavor" else "badRequest", f"{kind} {ref} could not be found.")
+        raise OSError_(
+            404 if kind != "Flavor" else 400,
+            "itemNotFound" if kind != "Flavor" else "badRequest",
+            f"{kind} {ref} could not be found.",
+        )
 
     def _flavor_doc(self, flavor: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -399,42 +492,85 @@ class OpenStackEmulator:
         }
 
     def _flavors_get(self, request: Request) -> dict[str, Any]:
-        return {"flavors": [self._flavor_doc(f) for f in self.flavors if request.args.get("name") in (None, f["name"])]}
+        return {
+            "flavors": [
+                self._flavor_doc(f)
+                for f in self.flavors
+                if request.args.get("name") in (None, f["name"])
+            ]
+        }
 
-    def _flavor_get(self, request: Request, fid: str) -> dict[str, Any]:  # noqa: ARG002
+    def _flavor_get(self, request: Request, fid: str) -> dict[str, Any]:
         for flavor in self.flavors:
             if flavor["id"] == fid:
                 return {"flavor": self._flavor_doc(flavor)}
         raise OSError_(404, "itemNotFound", f"Flavor {fid} could not be found.")
 
     # ------------------------------------------------------------------ glance / neutron lookups
-    def _image_versions_get(self, request: Request) -> dict[str, Any]:  # noqa: ARG002
-        return {"versions": [{"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": f"{self.url}/image/v2/"}]}]}
+    def _image_versions_get(self, request: Request) -> dict[str, Any]:
+        return {
+            "versions": [
+                {
+                    "id": "v2.16",
+                    "status": "CURRENT",
+                    "links": [{"rel": "self", "href": f"{self.url}/image/v2/"}],
+                }
+            ]
+        }
 
     def _image_doc(self, image: dict[str, Any]) -> dict[str, Any]:
-        return {**image, "status": "active", "visibility": "private", "disk_format": "qcow2", "container_format": "bare", "self": f"/v2/images/{image['id']}"}
+        return {
+            **image,
+            "status": "active",
+            "visibility": "private",
+            "disk_format": "qcow2",
+            "container_format": "bare",
+            "self": f"/v2/images/{image['id']}",
+        }
 
     def _images_get(self, request: Request) -> dict[str, Any]:
         wanted = request.args.get("name")
-        return {"images": [self._image_doc(i) for i in self.images if wanted in (None, i["name"])], "first": "/v2/images", "schema": "/v2/schemas/images"}
+        return {
+            "images": [self._image_doc(i) for i in self.images if wanted in (None, i["name"])],
+            "first": "/v2/images",
+            "schema": "/v2/schemas/images",
+        }
 
-    def _image_get(self, request: Request, iid: str) -> dict[str, Any]:  # noqa: ARG002
+    def _image_get(self, request: Request, iid: str) -> dict[str, Any]:
         for image in self.images:
             if image["id"] == iid:
                 return self._image_doc(image)
         raise OSError_(404, "itemNotFound", f"No image found with ID {iid}")
 
-    def _network_versions_get(self, request: Request) -> dict[str, Any]:  # noqa: ARG002
-        return {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [{"rel": "self", "href": f"{self.url}/network/v2.0/"}]}]}
+    def _network_versions_get(self, request: Request) -> dict[str, Any]:
+        return {
+            "versions": [
+                {
+                    "id": "v2.0",
+                    "status": "CURRENT",
+                    "links": [{"rel": "self", "href": f"{self.url}/network/v2.0/"}],
+                }
+            ]
+        }
 
     def _network_doc(self, network: dict[str, Any]) -> dict[str, Any]:
-        return {**network, "status": "ACTIVE", "admin_state_up": True, "shared": False, "subnets": [], "tenant_id": self._project_id, "project_id": self._project_id}
+        return {
+            **network,
+            "status": "ACTIVE",
+            "admin_state_up": True,
+            "shared": False,
+            "subnets": [],
+            "tenant_id": self._project_id,
+            "project_id": self._project_id,
+        }
 
     def _networks_get(self, request: Request) -> dict[str, Any]:
         wanted = request.args.get("name")
-        return {"networks": [self._network_doc(n) for n in self.networks if wanted in (None, n["name"])]}
+        return {
+            "networks": [self._network_doc(n) for n in self.networks if wanted in (None, n["name"])]
+        }
 
-    def _network_get(self, request: Request, nid: str) -> dict[str, Any]:  # noqa: ARG002
+    def _network_get(self, request: Request, nid: str) -> dict[str, Any]:
         for network in self.networks:
             if network["id"] == nid:
                 return {"network": self._network_doc(network)}

@@ -11,15 +11,25 @@ Terminated instances, which EC2 still shows for a while, count as gone.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from github_runner_manager.backends.base import (
     AuthError,
@@ -108,7 +118,9 @@ class InstanceType(BaseModel):
 
 
 def _types(*rows: tuple[str, int, int]) -> list[InstanceType]:
-    return [InstanceType(name=n, cpu=c, memory=f"{m}GiB") for n, c, m in rows]
+    return [
+        InstanceType.model_validate({"name": n, "cpu": c, "memory": f"{m}GiB"}) for n, c, m in rows
+    ]
 
 
 #: Default flavor table (x86_64, general purpose), cheapest first for each size.
@@ -173,7 +185,9 @@ class AWSSettings(BackendSettings):
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL like https://ec2.us-east-1.amazonaws.com")
+            raise ValueError(
+                f"{value!r} is not an http(s) URL like https://ec2.us-east-1.amazonaws.com"
+            )
         return value
 
     @field_validator("subnet_id")
@@ -397,7 +411,9 @@ class AWSBackend(Backend):
         if not found:
             raise InstanceNotFound(f"aws: no live instance named {name!r}")
         if len(found) > 1:
-            logger.warning("aws: %d live instances are named %s; reporting the newest", len(found), name)
+            logger.warning(
+                "aws: %d live instances are named %s; reporting the newest", len(found), name
+            )
         newest = max(found, key=lambda raw: raw.get("LaunchTime") or 0)
         return self._instance(newest)
 
@@ -407,7 +423,9 @@ class AWSBackend(Backend):
         """Live instances whose ``Name`` starts with the prefix and which carry ``tags``."""
         wanted = self.prefix if prefix is None else prefix
         filters = [{"Name": "tag:Name", "Values": [_wildcard_escape(wanted) + "*"]}]
-        filters += [{"Name": f"tag:{k}", "Values": [_wildcard_escape(v)]} for k, v in (tags or {}).items()]
+        filters += [
+            {"Name": f"tag:{k}", "Values": [_wildcard_escape(v)]} for k, v in (tags or {}).items()
+        ]
         found = []
         for raw in self._describe(filters):
             instance = self._instance(raw)
@@ -434,14 +452,12 @@ class AWSBackend(Backend):
     def validate(self, group: Any) -> None:
         """A group fits when the flavor table has a type for its size (or one is set)."""
         if not self.settings.instance_type:
-            pick_instance_type(
-                self.settings.instance_types, int(group.cpu), int(group.memory)
-            )
+            pick_instance_type(self.settings.instance_types, int(group.cpu), int(group.memory))
 
     # ------------------------------------------------------------------ helpers
-    def _describe(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _describe(self, filters: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
         filters = [*filters, {"Name": "instance-state-name", "Values": _LIVE_STATES}]
-        found: list[dict[str, Any]] = []
+        found: builtins.list[dict[str, Any]] = []
         with self._errors("describing instances"):
             for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters):
                 for reservation in page.get("Reservations", []):
@@ -484,7 +500,7 @@ class AWSBackend(Backend):
             name=name,
             state=STATE_MAP.get(state, InstanceState.UNKNOWN),
             tags=tags,
-            created_at=launched.timestamp() if hasattr(launched, "timestamp") else None,
+            created_at=launched.timestamp() if isinstance(launched, datetime) else None,
             address=raw.get("PrivateIpAddress"),
             backend=self.name,
             extra={

@@ -224,12 +224,18 @@ class DockerBackend(Backend):
                 raise AuthError(f"docker: {action}: the daemon refused us: {text}") from None
             raise BackendError(f"docker: {action}: {text}") from None
         except requests.exceptions.SSLError as exc:
-            raise AuthError(f"docker: {action}: TLS handshake with the daemon failed: {exc}") from None
+            raise AuthError(
+                f"docker: {action}: TLS handshake with the daemon failed: {exc}"
+            ) from None
         except PermissionError as exc:
             raise AuthError(
                 f"docker: {action}: no permission to use {self.settings.base_url}: {exc}"
             ) from None
-        except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
+        except (
+            requests.exceptions.RequestException,
+            docker.errors.DockerException,
+            OSError,
+        ) as exc:
             if isinstance(exc.__context__, PermissionError) or "Permission denied" in str(exc):
                 raise AuthError(
                     f"docker: {action}: no permission to use {self.settings.base_url}: {exc}"
@@ -357,7 +363,9 @@ class DockerBackend(Backend):
             tar.addfile(info, io.BytesIO(data))
         return buf.getvalue()
 
-    def _from_summary(self, name: str, labels: dict[str, str], summary: Mapping[str, Any]) -> Instance:
+    def _from_summary(
+        self, name: str, labels: dict[str, str], summary: Mapping[str, Any]
+    ) -> Instance:
         """An Instance from one entry of the container list (no inspect call per container)."""
         networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
         address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
@@ -369,7 +377,11 @@ class DockerBackend(Backend):
             created_at=float(created) if isinstance(created, int | float) else None,
             address=address,
             backend=self.name,
-            extra={"id": summary.get("Id"), "image": summary.get("Image"), "managed": TAG_PREFIX in labels},
+            extra={
+                "id": summary.get("Id"),
+                "image": summary.get("Image"),
+                "managed": TAG_PREFIX in labels,
+            },
         )
 
     def _instance(self, container: Container) -> Instance:

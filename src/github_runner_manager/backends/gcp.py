@@ -119,7 +119,9 @@ class MachineType(BaseModel):
 
 
 def _table(*rows: tuple[str, int, int]) -> list[MachineType]:
-    return [MachineType.model_validate({"name": n, "cpu": c, "memory": f"{m}GiB"}) for n, c, m in rows]
+    return [
+        MachineType.model_validate({"name": n, "cpu": c, "memory": f"{m}GiB"}) for n, c, m in rows
+    ]
 
 
 #: Default machine types (x86_64, general purpose), smallest first.
@@ -323,10 +325,15 @@ class GCPBackend(Backend):
         while op.status != compute_v1.Operation.Status.DONE:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BackendError(f"gcp: {action}: operation {op.name} not done after {s.operation_timeout}s")
+                raise BackendError(
+                    f"gcp: {action}: operation {op.name} not done after {s.operation_timeout}s"
+                )
             with self._errors(f"{action}: waiting for {op.name}"):
                 op = operations.wait(
-                    project=s.project, zone=s.zone, operation=op.name, timeout=min(remaining, s.timeout)
+                    project=s.project,
+                    zone=s.zone,
+                    operation=op.name,
+                    timeout=min(remaining, s.timeout),
                 )
         errors = list(op.error.errors) if op.error else []
         if not errors:
@@ -355,7 +362,9 @@ class GCPBackend(Backend):
                 raise CapacityError(
                     f"gcp: {current} instances with prefix {self.prefix!r} reach max_instances={s.max_instances}"
                 )
-        machine = str(spec.extra.get("machine_type") or s.machine_type or self._pick(spec.cpu, spec.memory))
+        machine = str(
+            spec.extra.get("machine_type") or s.machine_type or self._pick(spec.cpu, spec.memory)
+        )
         image = s.image or str(spec.extra.get("image") or spec.image)
         if "/" not in image:
             image = f"projects/{s.project}/global/images/{image}"
@@ -372,11 +381,15 @@ class GCPBackend(Backend):
         if s.subnetwork:
             nic.subnetwork = s.subnetwork
         if s.external_ip:
-            nic.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
+            nic.access_configs = [
+                compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")
+            ]
         items = [
             compute_v1.Items(key="user-data", value=spec.user_data),
             compute_v1.Items(key="startup-script", value=STARTUP_SCRIPT),
-            compute_v1.Items(key=TAGS_METADATA_KEY, value=json.dumps(dict(spec.tags), sort_keys=True)),
+            compute_v1.Items(
+                key=TAGS_METADATA_KEY, value=json.dumps(dict(spec.tags), sort_keys=True)
+            ),
         ]
         resource = compute_v1.Instance(
             name=spec.name,
@@ -391,7 +404,8 @@ class GCPBackend(Backend):
         if s.service_account:
             resource.service_accounts = [
                 compute_v1.ServiceAccount(
-                    email=s.service_account, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+                    email=s.service_account,
+                    scopes=["https://www.googleapis.com/auth/cloud-platform"],
                 )
             ]
         if s.spot:
@@ -408,13 +422,19 @@ class GCPBackend(Backend):
                     zone=s.zone,
                     instance_resource=resource,
                     # The same request id for the same name: a retried insert is not a second instance.
-                    request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ghrm:{s.project}:{s.zone}:{spec.name}")),
+                    request_id=str(
+                        uuid.uuid5(uuid.NAMESPACE_URL, f"ghrm:{s.project}:{s.zone}:{spec.name}")
+                    ),
                 ),
                 timeout=s.timeout,
             )
         self._wait(operation, action)
         logger.info(
-            "gcp: created %s (%s, %s) in %.2fs", spec.name, machine, image, time.monotonic() - started
+            "gcp: created %s (%s, %s) in %.2fs",
+            spec.name,
+            machine,
+            image,
+            time.monotonic() - started,
         )
         return self.get(spec.name)
 
@@ -433,7 +453,8 @@ class GCPBackend(Backend):
         wanted = self.prefix if prefix is None else prefix
         terms = [f'(name eq "{_filter_regex(wanted)}.*")']
         terms += [
-            f'(labels.{label_key(k)} eq "{_filter_regex(label_value(v))}")' for k, v in (tags or {}).items()
+            f'(labels.{label_key(k)} eq "{_filter_regex(label_value(v))}")'
+            for k, v in (tags or {}).items()
         ]
         client, _ = self._clients()
         s = self.settings
@@ -481,7 +502,9 @@ class GCPBackend(Backend):
     def _instance(self, raw: Any) -> Instance:
         metadata = {item.key: item.value for item in raw.metadata.items} if raw.metadata else {}
         try:
-            tags = {str(k): str(v) for k, v in json.loads(metadata.get(TAGS_METADATA_KEY, "")).items()}
+            tags = {
+                str(k): str(v) for k, v in json.loads(metadata.get(TAGS_METADATA_KEY, "")).items()
+            }
         except (ValueError, AttributeError):
             tags = dict(raw.labels)
         nics = list(raw.network_interfaces)
@@ -492,7 +515,9 @@ class GCPBackend(Backend):
         created = None
         if raw.creation_timestamp:
             try:
-                created = datetime.fromisoformat(raw.creation_timestamp.replace("Z", "+00:00")).timestamp()
+                created = datetime.fromisoformat(
+                    raw.creation_timestamp.replace("Z", "+00:00")
+                ).timestamp()
             except ValueError:
                 created = None
         return Instance(

@@ -15,6 +15,7 @@ wait for the server to leave ``BUILD`` (the failed server is then deleted).
 from __future__ import annotations
 
 import base64
+import builtins
 import logging
 import re
 import threading
@@ -79,8 +80,12 @@ STATE_MAP: dict[str, InstanceState] = {
     "SOFT_DELETED": InstanceState.DELETING,
     "UNKNOWN": InstanceState.UNKNOWN,
 }
-_CAPACITY_TEXT = re.compile(r"quota exceeded|no valid host|exceeds? .*quota|over ?limit", re.IGNORECASE)
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_CAPACITY_TEXT = re.compile(
+    r"quota exceeded|no valid host|exceeds? .*quota|over ?limit", re.IGNORECASE
+)
+_UUID = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
 #: Nova takes at most 65535 bytes of base64 user-data.
 MAX_USER_DATA_B64 = 65535
 
@@ -127,7 +132,9 @@ class OpenStackSettings(BackendSettings):
     @classmethod
     def _auth_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not a Keystone URL like https://keystone.example.com:5000/v3")
+            raise ValueError(
+                f"{value!r} is not a Keystone URL like https://keystone.example.com:5000/v3"
+            )
         return value
 
     @field_validator("clouds_yaml")
@@ -151,7 +158,9 @@ class OpenStackSettings(BackendSettings):
             if not self.cloud:
                 raise ValueError("clouds_yaml needs cloud: the name of the entry to use")
             if any(v is not None for v in direct):
-                raise ValueError("give either clouds_yaml/cloud or auth_url/username/password, not both")
+                raise ValueError(
+                    "give either clouds_yaml/cloud or auth_url/username/password, not both"
+                )
         elif any(v is None for v in direct) or not (self.project_name or self.project_id):
             raise ValueError(
                 "set clouds_yaml + cloud, or auth_url + username + password + project_name (or project_id)"
@@ -171,7 +180,7 @@ class OpenStackBackend(Backend):
         self._lock = threading.Lock()
         self._conn: Any = None
         self._resolved: dict[tuple[str, str], str] = {}
-        self._flavors: list[Any] | None = None
+        self._flavors: builtins.list[Any] | None = None
 
     # ------------------------------------------------------------------ connection
     @property
@@ -230,7 +239,11 @@ class OpenStackBackend(Backend):
             if exc.status_code == 403:
                 raise AuthError(text) from None
             raise BackendError(text) from None
-        except (ksa_exc.Unauthorized, ksa_exc.AuthorizationFailure, ksa_exc.MissingAuthPlugin) as exc:
+        except (
+            ksa_exc.Unauthorized,
+            ksa_exc.AuthorizationFailure,
+            ksa_exc.MissingAuthPlugin,
+        ) as exc:
             raise AuthError(f"openstack: {action}: credentials rejected: {exc}") from None
         except ksa_exc.Forbidden as exc:
             raise AuthError(f"openstack: {action}: forbidden: {exc}") from None
@@ -308,7 +321,9 @@ class OpenStackBackend(Backend):
 
     def delete(self, name: str) -> None:
         """Delete every server named ``name``; none is not an error."""
-        servers = [server for server in self._servers(f"^{re.escape(name)}$") if server.name == name]
+        servers = [
+            server for server in self._servers(f"^{re.escape(name)}$") if server.name == name
+        ]
         for server in servers:
             with self._errors(f"deleting server {name}"):
                 self.conn.compute.delete_server(server.id, ignore_missing=True)
@@ -320,7 +335,7 @@ class OpenStackBackend(Backend):
             self._smallest_flavor(int(group.cpu), int(group.memory), int(getattr(group, "disk", 0)))
 
     # ------------------------------------------------------------------ helpers
-    def _servers(self, name_regex: str) -> list[Any]:
+    def _servers(self, name_regex: str) -> builtins.list[Any]:
         with self._errors("listing servers"):
             return list(self.conn.compute.servers(details=True, name=name_regex))
 
@@ -333,7 +348,9 @@ class OpenStackBackend(Backend):
             with self._errors(f"waiting for server {name}"):
                 server = self.conn.compute.get_server(server.id)
         if server.status == "ERROR":
-            fault = (server.fault or {}).get("message", "") if isinstance(server.fault, dict) else ""
+            fault = (
+                (server.fault or {}).get("message", "") if isinstance(server.fault, dict) else ""
+            )
             with self._errors(f"removing failed server {name}"):
                 self.conn.compute.delete_server(server.id, ignore_missing=True)
             text = f"openstack: server {name} failed to build: {fault or 'ERROR'}"
@@ -385,8 +402,10 @@ class OpenStackBackend(Backend):
                     key=lambda f: (f.vcpus or 0, f.ram or 0, f.disk or 0),
                 )
         for flavor in self._flavors:
-            if (flavor.vcpus or 0) >= cpu and (flavor.ram or 0) * MIB >= memory and (
-                not disk or not flavor.disk or flavor.disk * 1024 * MIB >= disk
+            if (
+                (flavor.vcpus or 0) >= cpu
+                and (flavor.ram or 0) * MIB >= memory
+                and (not disk or not flavor.disk or flavor.disk * 1024 * MIB >= disk)
             ):
                 return str(flavor.id)
         raise BackendConfigError(
@@ -398,7 +417,9 @@ class OpenStackBackend(Backend):
         created = None
         if server.created_at:
             try:
-                created = datetime.fromisoformat(str(server.created_at).replace("Z", "+00:00")).timestamp()
+                created = datetime.fromisoformat(
+                    str(server.created_at).replace("Z", "+00:00")
+                ).timestamp()
             except ValueError:
                 created = None
         address = None

@@ -14,6 +14,8 @@ create and delete at once. An expired session is re-established once per call.
 from __future__ import annotations
 
 import base64
+import builtins
+import contextlib
 import json
 import logging
 import ssl
@@ -21,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -68,7 +71,14 @@ AUTH_FAULTS: tuple[type[Exception], ...] = (
     vim.fault.NoPermission,
     vim.fault.NotAuthenticated,
 )
-_VM_PROPERTIES = ["name", "runtime.powerState", "customValue", "config.template", "config.createDate", "guest.ipAddress"]
+_VM_PROPERTIES = [
+    "name",
+    "runtime.powerState",
+    "customValue",
+    "config.template",
+    "config.createDate",
+    "guest.ipAddress",
+]
 
 
 class VSphereSettings(BackendSettings):
@@ -138,7 +148,9 @@ class VSphereBackend(Backend):
                 s = self.settings
                 context = None
                 if not s.insecure:
-                    context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+                    context = ssl.create_default_context(
+                        cafile=str(s.ca_file) if s.ca_file else None
+                    )
                 with self._errors(f"logging in to {s.host}:{s.port}"):
                     self._si = SmartConnect(
                         host=s.host,
@@ -163,7 +175,7 @@ class VSphereBackend(Backend):
             if self._si is not None:
                 try:
                     Disconnect(self._si)
-                except Exception:  # noqa: BLE001 - logging out of a dead session is not an error
+                except Exception:
                     logger.debug("vsphere: logout failed", exc_info=True)
             self._si = None
 
@@ -214,7 +226,9 @@ class VSphereBackend(Backend):
             if info.state == vim.TaskInfo.State.error:
                 raise info.error
             if time.monotonic() > deadline:
-                raise BackendError(f"vsphere: {action}: task {task._moId} still {info.state} after {self.settings.task_timeout}s")
+                raise BackendError(
+                    f"vsphere: {action}: task {task._moId} still {info.state} after {self.settings.task_timeout}s"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -224,7 +238,11 @@ class VSphereBackend(Backend):
         for entity in self.content.rootFolder.childEntity:
             if isinstance(entity, vim.Datacenter) and (wanted is None or entity.name == wanted):
                 return entity
-        raise BackendError(f"vsphere: no datacenter {wanted or ''} (backends.vsphere.datacenter)".replace("  ", " "))
+        raise BackendError(
+            f"vsphere: no datacenter {wanted or ''} (backends.vsphere.datacenter)".replace(
+                "  ", " "
+            )
+        )
 
     def _find(self, root: Any, kind: Any, name: str) -> Any:
         view = self.content.viewManager.CreateContainerView(root, [kind], True)
@@ -245,23 +263,33 @@ class VSphereBackend(Backend):
         if template is None:
             template = self._find(dc.vmFolder, vim.VirtualMachine, template_name)
         if template is None:
-            raise BackendError(f"vsphere: no template VM {template_name!r} in {dc.name} (backends.vsphere.template)")
+            raise BackendError(
+                f"vsphere: no template VM {template_name!r} in {dc.name} (backends.vsphere.template)"
+            )
         folder = dc.vmFolder
         if s.folder:
-            folder = self.content.searchIndex.FindByInventoryPath(f"{dc.name}/vm/{s.folder.strip('/')}")
+            folder = self.content.searchIndex.FindByInventoryPath(
+                f"{dc.name}/vm/{s.folder.strip('/')}"
+            )
             if folder is None:
-                raise BackendError(f"vsphere: no VM folder {s.folder!r} in {dc.name} (backends.vsphere.folder)")
+                raise BackendError(
+                    f"vsphere: no VM folder {s.folder!r} in {dc.name} (backends.vsphere.folder)"
+                )
         pool = None
         if s.resource_pool:
             pool = self.content.searchIndex.FindByInventoryPath(s.resource_pool) or self._find(
                 dc.hostFolder, vim.ResourcePool, s.resource_pool
             )
             if pool is None:
-                raise BackendError(f"vsphere: no resource pool {s.resource_pool!r} (backends.vsphere.resource_pool)")
+                raise BackendError(
+                    f"vsphere: no resource pool {s.resource_pool!r} (backends.vsphere.resource_pool)"
+                )
         elif s.cluster:
             cluster = self._find(dc.hostFolder, vim.ClusterComputeResource, s.cluster)
             if cluster is None:
-                raise BackendError(f"vsphere: no cluster {s.cluster!r} in {dc.name} (backends.vsphere.cluster)")
+                raise BackendError(
+                    f"vsphere: no cluster {s.cluster!r} in {dc.name} (backends.vsphere.cluster)"
+                )
             pool = cluster.resourcePool
         elif template.resourcePool is None:
             raise BackendError(
@@ -271,10 +299,12 @@ class VSphereBackend(Backend):
         if s.datastore:
             datastore = next((d for d in dc.datastore if d.name == s.datastore), None)
             if datastore is None:
-                raise BackendError(f"vsphere: no datastore {s.datastore!r} in {dc.name} (backends.vsphere.datastore)")
+                raise BackendError(
+                    f"vsphere: no datastore {s.datastore!r} in {dc.name} (backends.vsphere.datastore)"
+                )
         return template, folder, pool, datastore
 
-    def _field_keys(self, names: list[str]) -> dict[str, int]:
+    def _field_keys(self, names: builtins.list[str]) -> dict[str, int]:
         """Custom field keys for tag names, defining the missing fields (on VMs)."""
         with self._lock:
             manager = self.content.customFieldsManager
@@ -290,20 +320,32 @@ class VSphereBackend(Backend):
                     self._fields = {f.name: f.key for f in manager.field or []}
             return {n: self._fields[n] for n in names}
 
-    def _collect(self) -> list[tuple[Any, dict[str, Any]]]:
+    def _collect(self) -> builtins.list[tuple[Any, dict[str, Any]]]:
         """(vm, properties) for every VM of the datacenter, in one property collector pass."""
         content = self.content
-        view = content.viewManager.CreateContainerView(self._datacenter().vmFolder, [vim.VirtualMachine], True)
+        view = content.viewManager.CreateContainerView(
+            self._datacenter().vmFolder, [vim.VirtualMachine], True
+        )
         try:
             traversal = vmodl.query.PropertyCollector.TraversalSpec(
                 name="view", path="view", skip=False, type=vim.view.ContainerView
             )
             spec = vmodl.query.PropertyCollector.FilterSpec(
-                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traversal])],
-                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_PROPERTIES)],
+                objectSet=[
+                    vmodl.query.PropertyCollector.ObjectSpec(
+                        obj=view, skip=True, selectSet=[traversal]
+                    )
+                ],
+                propSet=[
+                    vmodl.query.PropertyCollector.PropertySpec(
+                        type=vim.VirtualMachine, pathSet=_VM_PROPERTIES
+                    )
+                ],
             )
             collector = content.propertyCollector
-            result = collector.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+            result = collector.RetrievePropertiesEx(
+                [spec], vmodl.query.PropertyCollector.RetrieveOptions()
+            )
             found = []
             while result is not None:
                 for obj in result.objects:
@@ -328,18 +370,24 @@ class VSphereBackend(Backend):
             name=str(props.get("name", "")),
             state=STATE_MAP.get(str(props.get("runtime.powerState")), InstanceState.UNKNOWN),
             tags=self._tags(props.get("customValue")),
-            created_at=created.timestamp() if hasattr(created, "timestamp") else None,
+            created_at=created.timestamp() if isinstance(created, datetime) else None,
             address=props.get("guest.ipAddress"),
             backend=self.name,
             extra={"moref": vm._moId},
         )
 
-    def _vms(self, name: str | None = None, prefix: str = "") -> list[tuple[Any, dict[str, Any]]]:
+    def _vms(
+        self, name: str | None = None, prefix: str = ""
+    ) -> builtins.list[tuple[Any, dict[str, Any]]]:
         return [
             (vm, props)
             for vm, props in self._collect()
             if not props.get("config.template")
-            and (props.get("name") == name if name is not None else str(props.get("name", "")).startswith(prefix))
+            and (
+                props.get("name") == name
+                if name is not None
+                else str(props.get("name", "")).startswith(prefix)
+            )
         ]
 
     # ------------------------------------------------------------------ contract
@@ -355,9 +403,13 @@ class VSphereBackend(Backend):
         started = time.monotonic()
         metadata = json.dumps({"instance-id": spec.name, "local-hostname": spec.name})
         extra_config = [
-            vim.option.OptionValue(key="guestinfo.userdata", value=base64.b64encode(spec.user_data.encode()).decode()),
+            vim.option.OptionValue(
+                key="guestinfo.userdata", value=base64.b64encode(spec.user_data.encode()).decode()
+            ),
             vim.option.OptionValue(key="guestinfo.userdata.encoding", value="base64"),
-            vim.option.OptionValue(key="guestinfo.metadata", value=base64.b64encode(metadata.encode()).decode()),
+            vim.option.OptionValue(
+                key="guestinfo.metadata", value=base64.b64encode(metadata.encode()).decode()
+            ),
             vim.option.OptionValue(key="guestinfo.metadata.encoding", value="base64"),
         ]
 
@@ -371,7 +423,9 @@ class VSphereBackend(Backend):
             config = vim.vm.ConfigSpec(
                 numCPUs=spec.cpu, memoryMB=max(4, spec.memory // MIB), extraConfig=extra_config
             )
-            clone_spec = vim.vm.CloneSpec(location=location, config=config, powerOn=False, template=False)
+            clone_spec = vim.vm.CloneSpec(
+                location=location, config=config, powerOn=False, template=False
+            )
             task = template.CloneVM_Task(folder=folder, name=spec.name, spec=clone_spec)
             return self._wait(task, f"cloning {spec.name}")
 
@@ -396,7 +450,9 @@ class VSphereBackend(Backend):
         except BackendError:
             self._destroy(vm, spec.name)
             raise
-        logger.info("vsphere: created %s (%s) in %.2fs", spec.name, vm._moId, time.monotonic() - started)
+        logger.info(
+            "vsphere: created %s (%s) in %.2fs", spec.name, vm._moId, time.monotonic() - started
+        )
         return self.get(spec.name)
 
     def get(self, name: str) -> Instance:
@@ -427,10 +483,9 @@ class VSphereBackend(Backend):
     def _destroy(self, vm: Any, name: str) -> None:
         def destroy() -> None:
             if vm.runtime.powerState == vim.VirtualMachine.PowerState.poweredOn:
-                try:
+                # It may have powered itself off meanwhile (a finished runner does).
+                with contextlib.suppress(vim.fault.InvalidPowerState):
                     self._wait(vm.PowerOffVM_Task(), f"powering off {name}")
-                except vim.fault.InvalidPowerState:
-                    pass
             self._wait(vm.Destroy_Task(), f"destroying {name}")
 
         try:

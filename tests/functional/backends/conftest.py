@@ -66,7 +66,9 @@ def cache_lock(name: str) -> Iterator[None]:
 
 
 def run(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
 
 
 # --------------------------------------------------------------------------- the test root filesystem
@@ -92,8 +94,21 @@ def _busybox_rootfs(extracted: Path, target: Path) -> None:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 archive.addfile(info)
 
-            for directory in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root",
-                              "var", "var/lib", "usr", "usr/bin"):
+            for directory in (
+                "bin",
+                "sbin",
+                "etc",
+                "proc",
+                "sys",
+                "dev",
+                "run",
+                "tmp",
+                "root",
+                "var",
+                "var/lib",
+                "usr",
+                "usr/bin",
+            ):
                 add_dir(directory)
             archive.add(busybox, arcname="bin/busybox")
             for applet in applets:
@@ -102,9 +117,12 @@ def _busybox_rootfs(extracted: Path, target: Path) -> None:
                 link = tarfile.TarInfo(f"bin/{applet}")
                 link.type, link.linkname = tarfile.SYMTYPE, "busybox"
                 archive.addfile(link)
-            for name, text in (("sbin/init", INIT), ("etc/hostname", "contract\n"),
-                               ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-                               ("etc/group", "root:x:0:\n")):
+            for name, text in (
+                ("sbin/init", INIT),
+                ("etc/hostname", "contract\n"),
+                ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+                ("etc/group", "root:x:0:\n"),
+            ):
                 data = text.encode()
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = len(data), 0o755 if name.startswith("sbin/") else 0o644
@@ -129,7 +147,13 @@ def contract_rootfs() -> Path:
             return target
         extracted = target.with_suffix(".extract.tar")
         result = run(
-            [str(mmdebstrap), "--variant=extract", "--include=busybox-static", "bookworm", str(extracted)],
+            [
+                str(mmdebstrap),
+                "--variant=extract",
+                "--include=busybox-static",
+                "bookworm",
+                str(extracted),
+            ],
             timeout=900,
         )
         if result.returncode != 0:
@@ -184,27 +208,50 @@ def _private_dockerd(tmp: Path) -> Iterator[str]:
     if os.geteuid() != 0:
         unavailable("starting a private dockerd needs root")
     bridge = f"ghrmd{os.getpid() % 100000}"
-    subnet = _free_subnet()
-    gateway = f"{next(subnet.hosts())}/{subnet.prefixlen}"
     run(["ip", "link", "del", bridge], timeout=10)
-    for args in (["link", "add", bridge, "type", "bridge"], ["addr", "add", gateway, "dev", bridge],
-                 ["link", "set", bridge, "up"]):
-        result = run(["ip", *args], timeout=10)
-        if result.returncode != 0:
-            unavailable(f"cannot create the test bridge {bridge}: {result.stderr.strip()}")
+    with cache_lock("docker-bridge"):  # xdist workers must not pick the same subnet
+        subnet = _free_subnet()
+        gateway = f"{next(subnet.hosts())}/{subnet.prefixlen}"
+        for args in (
+            ["link", "add", bridge, "type", "bridge"],
+            ["addr", "add", gateway, "dev", bridge],
+            ["link", "set", bridge, "up"],
+        ):
+            result = run(["ip", *args], timeout=10)
+            if result.returncode != 0:
+                unavailable(f"cannot create the test bridge {bridge}: {result.stderr.strip()}")
     sock = tmp / "docker.sock"
-    log = open(tmp / "dockerd.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp / "dockerd.log", "wb")
     process = subprocess.Popen(
-        [dockerd, "--data-root", str(tmp / "data"), "--exec-root", str(tmp / "exec"),
-         "--pidfile", str(tmp / "dockerd.pid"), "-H", f"unix://{sock}", "--bridge", bridge,
-         "--iptables=false", "--ip-masq=false", "--ip-forward=false"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            dockerd,
+            "--data-root",
+            str(tmp / "data"),
+            "--exec-root",
+            str(tmp / "exec"),
+            "--pidfile",
+            str(tmp / "dockerd.pid"),
+            "-H",
+            f"unix://{sock}",
+            "--bridge",
+            bridge,
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip-forward=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base_url = f"unix://{sock}"
     try:
         try:
-            wait_for(lambda: process.poll() is None and sock.exists() and _docker_ping(base_url), 60,
-                     interval=0.2, what="private dockerd")
+            wait_for(
+                lambda: process.poll() is None and sock.exists() and _docker_ping(base_url),
+                60,
+                interval=0.2,
+                what="private dockerd",
+            )
         except TimeoutError as exc:
             tail = (tmp / "dockerd.log").read_text(errors="replace")[-800:]
             unavailable(f"dockerd did not start: {exc}; log: {tail}")
@@ -228,10 +275,16 @@ def _script_dockerd() -> str | None:
         return None
     result = run(["bash", str(script)], timeout=300)
     if result.returncode != 0:
-        unavailable(f"scripts/start-dockerd.sh failed ({result.returncode}): {result.stderr[-600:]}")
+        unavailable(
+            f"scripts/start-dockerd.sh failed ({result.returncode}): {result.stderr[-600:]}"
+        )
     announced = re.findall(r"DOCKER_HOST=(\S+)", result.stdout)
-    candidates = announced + [os.environ.get("DOCKER_HOST", ""), "unix:///run/ghrm-docker.sock",
-                              "unix:///var/run/docker.sock"]
+    candidates = [
+        *announced,
+        os.environ.get("DOCKER_HOST", ""),
+        "unix:///run/ghrm-docker.sock",
+        "unix:///var/run/docker.sock",
+    ]
     for candidate in candidates:
         if candidate:
             with contextlib.suppress(Exception):
@@ -242,7 +295,9 @@ def _script_dockerd() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def dockerd(tmp_path_factory: pytest.TempPathFactory, contract_rootfs: Path) -> Iterator[DockerPart]:
+def dockerd(
+    tmp_path_factory: pytest.TempPathFactory, contract_rootfs: Path
+) -> Iterator[DockerPart]:
     """A Docker daemon holding the contract image ``ghrm-contract:<key>``."""
     import docker
 
@@ -279,7 +334,7 @@ class MotoServer:
         request = urllib.request.Request(
             f"{self.url}{path}", data=data, method="POST", headers={"Content-Type": "text/plain"}
         )
-        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as reply:
             return bytes(reply.read())
 
 
@@ -293,18 +348,21 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
             unavailable("moto_server is missing (pip install 'moto[server]')")
         binary = Path(str(found))
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                               stderr=subprocess.STDOUT)
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    process = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     server = MotoServer(f"http://127.0.0.1:{port}")
 
     def ready() -> bool:
-        with urllib.request.urlopen(f"{server.url}/moto-api/", timeout=2) as reply:  # noqa: S310
+        with urllib.request.urlopen(f"{server.url}/moto-api/", timeout=2) as reply:
             return reply.status == 200
 
     try:
         try:
-            wait_for(lambda: process.poll() is None and ready(), 30, interval=0.1, what="moto_server")
+            wait_for(
+                lambda: process.poll() is None and ready(), 30, interval=0.1, what="moto_server"
+            )
         except TimeoutError as exc:
             unavailable(f"moto_server did not start: {exc}")
         yield server
@@ -343,7 +401,7 @@ class Vcsim:
             data=fault.encode() if fault else None,
             method="PUT" if fault else "DELETE",
         )
-        with urllib.request.urlopen(request, timeout=10, context=context) as reply:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             assert reply.status == 204
 
 
@@ -354,14 +412,31 @@ def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
     with cache_lock("vcsim-build"):
         result = run(["bash", str(ROOT / "scripts" / "build-vcsim.sh"), str(binary)], timeout=900)
     if result.returncode != 0:
-        unavailable(f"scripts/build-vcsim.sh failed ({result.returncode}): {(result.stderr or result.stdout)[-600:]}")
+        unavailable(
+            f"scripts/build-vcsim.sh failed ({result.returncode}): {(result.stderr or result.stdout)[-600:]}"
+        )
     out = tmp_path_factory.mktemp("vcsim") / "vcsim.out"
     with open(out, "wb") as handle:
-        process = subprocess.Popen([str(binary), "-host", "127.0.0.1", "-port", "0", "-username", "ghrm",
-                                    "-password", "vcsim-pass"], stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                str(binary),
+                "-host",
+                "127.0.0.1",
+                "-port",
+                "0",
+                "-username",
+                "ghrm",
+                "-password",
+                "vcsim-pass",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
     try:
         try:
-            line = wait_for(lambda: re.search(r"VCSIM_URL=(\S+)", out.read_text()), 30, what="vcsim URL")
+            line = wait_for(
+                lambda: re.search(r"VCSIM_URL=(\S+)", out.read_text()), 30, what="vcsim URL"
+            )
         except TimeoutError as exc:
             unavailable(f"vcsim did not start: {exc}: {out.read_text()[-400:]}")
             raise AssertionError("unreachable") from None
@@ -438,7 +513,9 @@ def lxd_part(tmp_path_factory: pytest.TempPathFactory, contract_rootfs: Path) ->
             unavailable("LXD is not running and starting it needs root")
         result = run(["bash", str(ROOT / "scripts" / "start-lxd.sh")], timeout=900)
         if result.returncode != 0:
-            unavailable(f"scripts/start-lxd.sh failed ({result.returncode}): {result.stderr[-600:]}")
+            unavailable(
+                f"scripts/start-lxd.sh failed ({result.returncode}): {result.stderr[-600:]}"
+            )
     alias = f"ghrm-contract-{ROOTFS_KEY}"
     with cache_lock("contract-lxd-image"):
         if _lxc("image", "info", alias, timeout=30).returncode != 0:
@@ -451,12 +528,26 @@ def lxd_part(tmp_path_factory: pytest.TempPathFactory, contract_rootfs: Path) ->
             )
             with tarfile.open(meta, "w") as archive:
                 archive.add(yaml_path, arcname="metadata.yaml")
-            result = _lxc("image", "import", str(meta), str(contract_rootfs), "--alias", alias, timeout=600)
+            result = _lxc(
+                "image", "import", str(meta), str(contract_rootfs), "--alias", alias, timeout=600
+            )
             if result.returncode != 0:
                 unavailable(f"lxc image import failed: {result.stderr[-600:]}")
     project = f"ghrm-full-{os.getpid()}"
-    result = _lxc("project", "create", project, "-c", "features.images=false", "-c", "features.profiles=false",
-                  "-c", "features.storage.volumes=false", "-c", "limits.instances=0", timeout=60)
+    result = _lxc(
+        "project",
+        "create",
+        project,
+        "-c",
+        "features.images=false",
+        "-c",
+        "features.profiles=false",
+        "-c",
+        "features.storage.volumes=false",
+        "-c",
+        "limits.instances=0",
+        timeout=60,
+    )
     if result.returncode != 0:
         unavailable(f"cannot create the LXD project {project}: {result.stderr.strip()}")
     try:

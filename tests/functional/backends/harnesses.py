@@ -87,8 +87,19 @@ class FakeHarness(Harness):
         from github_runner_manager.backends.base import InstanceSpec
 
         other = create_backend("fake", self.settings(), prefix="someone-else")
-        other.create(InstanceSpec(name=name, group="small", image=self.image, cpu=1, memory=1 << 30,
-                                  disk=1 << 30, user_data="", jit_config="", tags=dict(tags)))
+        other.create(
+            InstanceSpec(
+                name=name,
+                group="small",
+                image=self.image,
+                cpu=1,
+                memory=1 << 30,
+                disk=1 << 30,
+                user_data="",
+                jit_config="",
+                tags=dict(tags),
+            )
+        )
 
     @contextlib.contextmanager
     def out_of_capacity(self, prefix: str) -> Iterator[Backend]:
@@ -111,8 +122,12 @@ class LXDHarness(Harness):
 
         client = pylxd.Client(timeout=60)
         instance = client.instances.create(
-            {"name": name, "type": "container", "source": {"type": "image", "alias": self.image},
-             "config": {f"user.{k}": v for k, v in tags.items()}},
+            {
+                "name": name,
+                "type": "container",
+                "source": {"type": "image", "alias": self.image},
+                "config": {f"user.{k}": v for k, v in tags.items()},
+            },
             wait=True,
         )
         instance.start(wait=True)
@@ -150,7 +165,9 @@ class DockerHarness(Harness):
     def make_orphan(self, name: str, tags: Mapping[str, str]) -> None:
         client = self.client()
         try:
-            client.containers.run(self.image, ["sleep", "600"], name=name, labels=dict(tags), detach=True)
+            client.containers.run(
+                self.image, ["sleep", "600"], name=name, labels=dict(tags), detach=True
+            )
         finally:
             client.close()
 
@@ -183,26 +200,45 @@ class AWSHarness(Harness):
         self.moto = moto
 
     def settings(self) -> dict[str, Any]:
-        return {"region": "us-east-1", "endpoint_url": self.moto.url, "access_key_id": "testing",
-                "secret_access_key": "testing"}
+        return {
+            "region": "us-east-1",
+            "endpoint_url": self.moto.url,
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+        }
 
     def ec2(self) -> Any:
         import boto3
 
-        return boto3.client("ec2", region_name="us-east-1", endpoint_url=self.moto.url,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "ec2",
+            region_name="us-east-1",
+            endpoint_url=self.moto.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def make_orphan(self, name: str, tags: Mapping[str, str]) -> None:
         self.ec2().run_instances(
-            ImageId=self.image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
-            TagSpecifications=[{"ResourceType": "instance",
-                                "Tags": [{"Key": "Name", "Value": name}]
-                                + [{"Key": k, "Value": v} for k, v in tags.items()]}],
+            ImageId=self.image,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="t3.micro",
+            TagSpecifications=[
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": "Name", "Value": name}]
+                    + [{"Key": k, "Value": v} for k, v in tags.items()],
+                }
+            ],
         )
 
     def bad_credentials(self, prefix: str) -> Backend | None:
-        return self.backend(prefix, access_key_id="AKIAIOSFODNN7EXAMPLE",
-                            secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+        return self.backend(
+            prefix,
+            access_key_id="AKIAIOSFODNN7EXAMPLE",
+            secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        )
 
     @contextlib.contextmanager
     def enforced_auth(self) -> Iterator[None]:
@@ -225,8 +261,10 @@ class AWSHarness(Harness):
         def insufficient(**_: Any) -> tuple[Any, dict[str, Any]]:
             response = AWSResponse(self.moto.url, 500, {}, None)
             return response, {
-                "Error": {"Code": "InsufficientInstanceCapacity",
-                          "Message": "We currently do not have sufficient t3.medium capacity in the Availability Zone you requested (us-east-1a)."},
+                "Error": {
+                    "Code": "InsufficientInstanceCapacity",
+                    "Message": "We currently do not have sufficient t3.medium capacity in the Availability Zone you requested (us-east-1a).",
+                },
                 "ResponseMetadata": {"HTTPStatusCode": 500},
             }
 
@@ -237,8 +275,9 @@ class AWSHarness(Harness):
             client.meta.events.unregister("before-call.ec2.RunInstances", insufficient)
 
     def user_data(self, instance: Instance) -> str:
-        reply = self.ec2().describe_instance_attribute(InstanceId=instance.extra["instance_id"],
-                                                       Attribute="userData")
+        reply = self.ec2().describe_instance_attribute(
+            InstanceId=instance.extra["instance_id"], Attribute="userData"
+        )
         return base64.b64decode(reply["UserData"]["Value"]).decode()
 
 
@@ -264,18 +303,32 @@ class GCPHarness(Harness):
         from google.cloud import compute_v1
 
         options = ClientOptions(api_endpoint=self.gce.url)
-        return (compute_v1.InstancesClient(credentials=AnonymousCredentials(), client_options=options),
-                compute_v1.ZoneOperationsClient(credentials=AnonymousCredentials(), client_options=options))
+        return (
+            compute_v1.InstancesClient(credentials=AnonymousCredentials(), client_options=options),
+            compute_v1.ZoneOperationsClient(
+                credentials=AnonymousCredentials(), client_options=options
+            ),
+        )
 
     def make_orphan(self, name: str, tags: Mapping[str, str]) -> None:
         from google.cloud import compute_v1
 
         instances, operations = self.clients()
         operation = instances.insert_unary(
-            project=self.project, zone=self.zone,
+            project=self.project,
+            zone=self.zone,
             instance_resource=compute_v1.Instance(
-                name=name, machine_type=f"zones/{self.zone}/machineTypes/e2-medium", labels=dict(tags),
-                disks=[compute_v1.AttachedDisk(boot=True, initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=self.image))],
+                name=name,
+                machine_type=f"zones/{self.zone}/machineTypes/e2-medium",
+                labels=dict(tags),
+                disks=[
+                    compute_v1.AttachedDisk(
+                        boot=True,
+                        initialize_params=compute_v1.AttachedDiskInitializeParams(
+                            source_image=self.image
+                        ),
+                    )
+                ],
                 network_interfaces=[compute_v1.NetworkInterface(network="global/networks/default")],
             ),
         )
@@ -311,21 +364,39 @@ class OpenStackHarness(Harness):
         self.cloud = cloud
 
     def settings(self) -> dict[str, Any]:
-        return {"auth_url": self.cloud.auth_url, "username": "runner", "password": "secret",
-                "project_name": "runners", "region_name": "RegionOne", "network": "runners"}
+        return {
+            "auth_url": self.cloud.auth_url,
+            "username": "runner",
+            "password": "secret",
+            "project_name": "runners",
+            "region_name": "RegionOne",
+            "network": "runners",
+        }
 
     def conn(self) -> Any:
         import openstack
 
-        return openstack.connect(auth_url=self.cloud.auth_url, username="runner", password="secret",
-                                 project_name="runners", user_domain_name="Default",
-                                 project_domain_name="Default", region_name="RegionOne",
-                                 load_yaml_config=False, load_envvars=False)
+        return openstack.connect(
+            auth_url=self.cloud.auth_url,
+            username="runner",
+            password="secret",
+            project_name="runners",
+            user_domain_name="Default",
+            project_domain_name="Default",
+            region_name="RegionOne",
+            load_yaml_config=False,
+            load_envvars=False,
+        )
 
     def make_orphan(self, name: str, tags: Mapping[str, str]) -> None:
         conn = self.conn()
-        conn.compute.create_server(name=name, flavor_id="2", image_id=self.cloud.images[0]["id"],
-                                   networks="auto", metadata=dict(tags))
+        conn.compute.create_server(
+            name=name,
+            flavor_id="2",
+            image_id=self.cloud.images[0]["id"],
+            networks="auto",
+            metadata=dict(tags),
+        )
 
     def bad_credentials(self, prefix: str) -> Backend | None:
         return self.backend(prefix, password="not-the-password")
@@ -355,19 +426,31 @@ class VSphereHarness(Harness):
         self.vcsim = vcsim
 
     def settings(self) -> dict[str, Any]:
-        return {"host": self.vcsim.host, "port": self.vcsim.port, "user": self.vcsim.user,
-                "password": self.vcsim.password, "insecure": True}
+        return {
+            "host": self.vcsim.host,
+            "port": self.vcsim.port,
+            "user": self.vcsim.user,
+            "password": self.vcsim.password,
+            "insecure": True,
+        }
 
     def _si(self) -> Any:
         from pyVim.connect import SmartConnect
 
-        return SmartConnect(host=self.vcsim.host, port=self.vcsim.port, user=self.vcsim.user,
-                            pwd=self.vcsim.password, disableSslCertValidation=True)
+        return SmartConnect(
+            host=self.vcsim.host,
+            port=self.vcsim.port,
+            user=self.vcsim.user,
+            pwd=self.vcsim.password,
+            disableSslCertValidation=True,
+        )
 
     def _vm(self, content: Any, name: str) -> Any:
         from pyVmomi import vim
 
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.VirtualMachine], True
+        )
         try:
             return next(vm for vm in view.view if vm.name == name)
         finally:

@@ -47,12 +47,28 @@ def prefix() -> str:
     return "dt" + secrets.token_hex(3)
 
 
-def make_spec(prefix: str, image: str, *, cpu: int = 2, memory: int = 4 * GIB, disk: int = 20 * GIB,
-              user_data: str = "#!/bin/sh\nexec sleep 600\n", owner: str = "acme/app", **extra: Any) -> InstanceSpec:
+def make_spec(
+    prefix: str,
+    image: str,
+    *,
+    cpu: int = 2,
+    memory: int = 4 * GIB,
+    disk: int = 20 * GIB,
+    user_data: str = "#!/bin/sh\nexec sleep 600\n",
+    owner: str = "acme/app",
+    **extra: Any,
+) -> InstanceSpec:
     return InstanceSpec(
-        name=f"{prefix}-small-{secrets.token_hex(3)}", group="small", image=image, cpu=cpu, memory=memory,
-        disk=disk, user_data=user_data, jit_config="JIT-" + secrets.token_hex(8),
-        tags={TAG_PREFIX: prefix, TAG_UNIT: "u0", TAG_GROUP: "small", TAG_OWNER: owner}, extra=extra,
+        name=f"{prefix}-small-{secrets.token_hex(3)}",
+        group="small",
+        image=image,
+        cpu=cpu,
+        memory=memory,
+        disk=disk,
+        user_data=user_data,
+        jit_config="JIT-" + secrets.token_hex(8),
+        tags={TAG_PREFIX: prefix, TAG_UNIT: "u0", TAG_GROUP: "small", TAG_OWNER: owner},
+        extra=extra,
     )
 
 
@@ -69,11 +85,18 @@ def cleaned(backend: Backend) -> Iterator[Backend]:
 # --------------------------------------------------------------------------- docker
 
 
-def test_docker_container_is_limited_unprivileged_and_sees_the_host(dockerd: Any, prefix: str) -> None:
+def test_docker_container_is_limited_unprivileged_and_sees_the_host(
+    dockerd: Any, prefix: str
+) -> None:
     harness = DockerHarness(dockerd)
     with cleaned(harness.backend(prefix)) as backend:
-        spec = make_spec(prefix, dockerd.image, cpu=1, memory=256 * MIB,
-                         user_data="#!/bin/sh\necho \"$RUNNER_NAME $RUNNER_JITCONFIG\" > /tmp/ran\nexec sleep 600\n")
+        spec = make_spec(
+            prefix,
+            dockerd.image,
+            cpu=1,
+            memory=256 * MIB,
+            user_data='#!/bin/sh\necho "$RUNNER_NAME $RUNNER_JITCONFIG" > /tmp/ran\nexec sleep 600\n',
+        )
         instance = backend.create(spec)
         assert instance.state is InstanceState.RUNNING and instance.address
         client = harness.client()
@@ -85,10 +108,17 @@ def test_docker_container_is_limited_unprivileged_and_sees_the_host(dockerd: Any
             assert "host.docker.internal:host-gateway" in host["ExtraHosts"]
             assert container.labels == dict(spec.tags)
             assert not any(spec.jit_config in v for v in container.labels.values())
-            ran = wait_for(lambda: container.exec_run(["cat", "/tmp/ran"]).output.decode().strip(), 20,
-                           what="user-data script ran")
+            ran = wait_for(
+                lambda: container.exec_run(["cat", "/tmp/ran"]).output.decode().strip(),
+                20,
+                what="user-data script ran",
+            )
             assert ran == f"{spec.name} {spec.jit_config}"
-            mode = container.exec_run(["stat", "-c", "%a", "/var/lib/ghrm/user-data"]).output.decode().strip()
+            mode = (
+                container.exec_run(["stat", "-c", "%a", "/var/lib/ghrm/user-data"])
+                .output.decode()
+                .strip()
+            )
             assert mode in {"600", "700"}
             hosts = container.exec_run(["cat", "/etc/hosts"]).output.decode()
             assert "host.docker.internal" in hosts
@@ -96,11 +126,17 @@ def test_docker_container_is_limited_unprivileged_and_sees_the_host(dockerd: Any
             client.close()
 
 
-def test_docker_user_data_that_is_not_a_script_stops_the_container(dockerd: Any, prefix: str) -> None:
+def test_docker_user_data_that_is_not_a_script_stops_the_container(
+    dockerd: Any, prefix: str
+) -> None:
     with cleaned(DockerHarness(dockerd).backend(prefix)) as backend:
-        spec = make_spec(prefix, dockerd.image, cpu=1, memory=128 * MIB, user_data="#cloud-config\n{}\n")
+        spec = make_spec(
+            prefix, dockerd.image, cpu=1, memory=128 * MIB, user_data="#cloud-config\n{}\n"
+        )
         backend.create(spec)
-        stopped = wait_for(lambda: backend.get(spec.name).state is InstanceState.STOPPED, 30, what="exit")
+        stopped = wait_for(
+            lambda: backend.get(spec.name).state is InstanceState.STOPPED, 30, what="exit"
+        )
         assert stopped
         assert [i.state for i in backend.list()] == [InstanceState.STOPPED]
 
@@ -112,7 +148,9 @@ def test_docker_max_instances_and_missing_image(dockerd: Any, prefix: str) -> No
         with pytest.raises(CapacityError, match="max_instances=1"):
             backend.create(make_spec(prefix, dockerd.image, cpu=1, memory=128 * MIB))
         with pytest.raises(BackendError, match="docker import"):
-            harness.backend(prefix).create(make_spec(prefix, "ghrm-no-such-image:1", cpu=1, memory=128 * MIB))
+            harness.backend(prefix).create(
+                make_spec(prefix, "ghrm-no-such-image:1", cpu=1, memory=128 * MIB)
+            )
     unreachable = create_backend("docker", {"base_url": "unix:///nonexistent/docker.sock"})
     with pytest.raises(BackendError, match="unreachable"):
         unreachable.list()
@@ -125,13 +163,17 @@ def test_aws_instance_type_volume_and_shutdown(moto: Any, prefix: str) -> None:
     harness = AWSHarness(moto)
     with cleaned(harness.backend(prefix)) as backend:
         ec2 = harness.ec2()
-        medium = backend.create(make_spec(prefix, harness.image, cpu=2, memory=4 * GIB, disk=30 * GIB))
+        medium = backend.create(
+            make_spec(prefix, harness.image, cpu=2, memory=4 * GIB, disk=30 * GIB)
+        )
         assert medium.extra["instance_type"] == "t3.medium"
-        attribute = ec2.describe_instance_attribute(InstanceId=medium.extra["instance_id"],
-                                                    Attribute="instanceInitiatedShutdownBehavior")
+        attribute = ec2.describe_instance_attribute(
+            InstanceId=medium.extra["instance_id"], Attribute="instanceInitiatedShutdownBehavior"
+        )
         assert attribute["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
-        volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id",
-                                                 "Values": [medium.extra["instance_id"]]}])["Volumes"]
+        volumes = ec2.describe_volumes(
+            Filters=[{"Name": "attachment.instance-id", "Values": [medium.extra["instance_id"]]}]
+        )["Volumes"]
         assert [v["Size"] for v in volumes] == [30]
         assert {t["Key"]: t["Value"] for t in volumes[0]["Tags"]}[TAG_PREFIX] == prefix
         override = backend.create(make_spec(prefix, harness.image, instance_type="c5.large"))
@@ -144,7 +186,9 @@ def test_aws_instance_type_volume_and_shutdown(moto: Any, prefix: str) -> None:
 def test_aws_ami_by_name_and_missing_ami(moto: Any, prefix: str) -> None:
     harness = AWSHarness(moto)
     ec2 = harness.ec2()
-    seed = ec2.run_instances(ImageId=harness.image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    seed = ec2.run_instances(ImageId=harness.image, MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
     name = f"github-runner-{prefix}"
     image_id = ec2.create_image(InstanceId=seed, Name=name)["ImageId"]
     ec2.terminate_instances(InstanceIds=[seed])
@@ -159,17 +203,27 @@ def test_aws_user_without_permission_is_an_auth_error(moto: Any, prefix: str) ->
     harness = AWSHarness(moto)
     import boto3
 
-    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto.url, aws_access_key_id="testing",
-                       aws_secret_access_key="testing")
+    iam = boto3.client(
+        "iam",
+        region_name="us-east-1",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     iam.create_user(UserName=prefix)
     key = iam.create_access_key(UserName=prefix)["AccessKey"]
-    backend = harness.backend(prefix, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"])
+    backend = harness.backend(
+        prefix, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"]
+    )
     with harness.enforced_auth(), pytest.raises(AuthError):
         backend.list()
 
 
 def test_aws_oversized_user_data_is_refused(moto: Any, prefix: str) -> None:
-    with cleaned(AWSHarness(moto).backend(prefix)) as backend, pytest.raises(BackendError, match="16384"):
+    with (
+        cleaned(AWSHarness(moto).backend(prefix)) as backend,
+        pytest.raises(BackendError, match="16384"),
+    ):
         backend.create(make_spec(prefix, AWSHarness.image, user_data="#" * 20000))
 
 
@@ -179,7 +233,9 @@ def test_aws_oversized_user_data_is_refused(moto: Any, prefix: str) -> None:
 def test_gcp_machine_type_labels_metadata(gce: Any, prefix: str) -> None:
     harness = GCPHarness(gce)
     with cleaned(harness.backend(prefix)) as backend:
-        spec = make_spec(prefix, "runner-image", cpu=2, memory=4 * GIB, disk=25 * GIB, owner="Acme/App")
+        spec = make_spec(
+            prefix, "runner-image", cpu=2, memory=4 * GIB, disk=25 * GIB, owner="Acme/App"
+        )
         instance = backend.create(spec)
         assert instance.tags[TAG_OWNER] == "Acme/App"  # exact, from the metadata
         assert instance.extra["labels"][TAG_OWNER] == "acme_app"  # as GCE allows
@@ -190,14 +246,20 @@ def test_gcp_machine_type_labels_metadata(gce: Any, prefix: str) -> None:
         assert int(disk["diskSizeGb"]) == 25
         items = {i["key"]: i["value"] for i in raw["metadata"]["items"]}
         assert items["user-data"] == spec.user_data
-        assert spec.jit_config not in items["startup-script"] and "cloud-init" in items["startup-script"]
+        assert (
+            spec.jit_config not in items["startup-script"]
+            and "cloud-init" in items["startup-script"]
+        )
         assert backend.list(tags={TAG_OWNER: "Acme/App"})[0].name == spec.name
         assert backend.list(tags={TAG_OWNER: "acme_app"}) == []  # labels match, exact tags do not
 
 
 def test_gcp_quota_refused_at_once_is_capacity(gce: Any, prefix: str) -> None:
     gce.quota, gce.quota_mode = 0, "http"
-    with cleaned(GCPHarness(gce).backend(prefix)) as backend, pytest.raises(CapacityError, match="Quota"):
+    with (
+        cleaned(GCPHarness(gce).backend(prefix)) as backend,
+        pytest.raises(CapacityError, match="Quota"),
+    ):
         backend.create(make_spec(prefix, "runner-image"))
 
 
@@ -211,12 +273,18 @@ def test_gcp_invalid_name_is_refused_before_any_call(gce: Any) -> None:
 # --------------------------------------------------------------------------- openstack
 
 
-def test_openstack_flavor_from_the_cloud_and_no_valid_host(openstack_cloud: Any, prefix: str) -> None:
+def test_openstack_flavor_from_the_cloud_and_no_valid_host(
+    openstack_cloud: Any, prefix: str
+) -> None:
     harness = OpenStackHarness(openstack_cloud)
     with cleaned(harness.backend(prefix, build_timeout=10)) as backend:
-        small = backend.create(make_spec(prefix, harness.image, cpu=1, memory=1 * GIB, disk=10 * GIB))
+        small = backend.create(
+            make_spec(prefix, harness.image, cpu=1, memory=1 * GIB, disk=10 * GIB)
+        )
         assert small.extra["flavor"] == "m1.small" and small.state is InstanceState.RUNNING
-        large = backend.create(make_spec(prefix, harness.image, cpu=3, memory=4 * GIB, disk=10 * GIB))
+        large = backend.create(
+            make_spec(prefix, harness.image, cpu=3, memory=4 * GIB, disk=10 * GIB)
+        )
         assert large.extra["flavor"] == "m1.large"
         named = backend.create(make_spec(prefix, harness.image, flavor="m1.tiny"))
         assert named.extra["flavor"] == "m1.tiny"
@@ -236,8 +304,11 @@ def test_openstack_clouds_yaml(openstack_cloud: Any, prefix: str, tmp_path: Any)
         "      project_name: runners\n      user_domain_name: Default\n      project_domain_name: Default\n"
         "    region_name: RegionOne\n    identity_api_version: 3\n"
     )
-    backend = create_backend("openstack", {"clouds_yaml": str(clouds), "cloud": "emulator", "network": "runners"},
-                             prefix=prefix)
+    backend = create_backend(
+        "openstack",
+        {"clouds_yaml": str(clouds), "cloud": "emulator", "network": "runners"},
+        prefix=prefix,
+    )
     with cleaned(backend):
         instance = backend.create(make_spec(prefix, OpenStackHarness.image, cpu=1, memory=GIB))
         assert backend.get(instance.name).tags[TAG_PREFIX] == prefix

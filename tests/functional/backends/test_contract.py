@@ -31,6 +31,8 @@ from github_runner_manager.backends.base import (
 )
 from tests.functional.backends.harnesses import HARNESSES, WITH_CREDENTIALS, WITH_USER_DATA, Harness
 
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # openstacksdk's own
+
 ALL = list(HARNESSES)
 #: What a GitHub token looks like; it must never reach an instance.
 GITHUB_TOKEN = "ghp_" + "T0kenThatMustNeverLeaveTheManager0000"
@@ -90,7 +92,9 @@ def test_create_get_list_delete(harness: Harness, prefix: str) -> None:
 
     assert [i.name for i in backend.list()] == [spec.name]
     assert [i.name for i in backend.list(prefix=prefix)] == [spec.name]
-    assert [i.name for i in backend.list(tags={TAG_UNIT: "unit-0", TAG_GROUP: "small"})] == [spec.name]
+    assert [i.name for i in backend.list(tags={TAG_UNIT: "unit-0", TAG_GROUP: "small"})] == [
+        spec.name
+    ]
     assert backend.list(tags={TAG_UNIT: "another-unit"}) == []
     assert backend.list(prefix=prefix + "x") == []
 
@@ -163,5 +167,3 @@ def test_user_data_read_back_has_the_jit_config_and_no_token(harness: Harness, p
     assert stored == spec.user_data
     assert spec.jit_config in stored
     assert GITHUB_TOKEN not in stored and "ghp_" not in stored and "github_pat_" not in stored
-
-

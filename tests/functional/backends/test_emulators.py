@@ -39,9 +39,17 @@ def _gce_instance(name: str, **labels: str) -> Any:
         name=name,
         machine_type=f"zones/{ZONE}/machineTypes/e2-small",
         labels=labels,
-        metadata=compute_v1.Metadata(items=[compute_v1.Items(key="user-data", value="#cloud-config\n")]),
-        disks=[compute_v1.AttachedDisk(boot=True, initialize_params=compute_v1.AttachedDiskInitializeParams(
-            source_image="projects/debian-cloud/global/images/family/debian-12"))],
+        metadata=compute_v1.Metadata(
+            items=[compute_v1.Items(key="user-data", value="#cloud-config\n")]
+        ),
+        disks=[
+            compute_v1.AttachedDisk(
+                boot=True,
+                initialize_params=compute_v1.AttachedDiskInitializeParams(
+                    source_image="projects/debian-cloud/global/images/family/debian-12"
+                ),
+            )
+        ],
         network_interfaces=[compute_v1.NetworkInterface(network="global/networks/default")],
     )
 
@@ -52,7 +60,9 @@ def test_gce_insert_get_list_delete_with_operations(gce: Any) -> None:
 
     instances, operations = _gce_clients(gce.url)
     gce.operation_polls = 2
-    operation = instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("emu-a", role="x"))
+    operation = instances.insert_unary(
+        project=PROJECT, zone=ZONE, instance_resource=_gce_instance("emu-a", role="x")
+    )
     assert operation.status == compute_v1.Operation.Status.RUNNING
     polled = operations.get(project=PROJECT, zone=ZONE, operation=operation.name)
     assert polled.status == compute_v1.Operation.Status.RUNNING
@@ -65,11 +75,20 @@ def test_gce_insert_get_list_delete_with_operations(gce: Any) -> None:
     assert {i.key: i.value for i in got.metadata.items}["user-data"] == "#cloud-config\n"
 
     for name in ("emu-b", "other-c"):
-        op = instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance(name, role="y"))
+        op = instances.insert_unary(
+            project=PROJECT, zone=ZONE, instance_resource=_gce_instance(name, role="y")
+        )
         operations.wait(project=PROJECT, zone=ZONE, operation=op.name)
-    request = compute_v1.ListInstancesRequest(project=PROJECT, zone=ZONE, filter='(name eq "emu-.*")', max_results=1)
-    assert sorted(i.name for i in instances.list(request=request)) == ["emu-a", "emu-b"]  # two pages
-    labelled = compute_v1.ListInstancesRequest(project=PROJECT, zone=ZONE, filter='(name eq "emu-.*") (labels.role eq "y")')
+    request = compute_v1.ListInstancesRequest(
+        project=PROJECT, zone=ZONE, filter='(name eq "emu-.*")', max_results=1
+    )
+    assert sorted(i.name for i in instances.list(request=request)) == [
+        "emu-a",
+        "emu-b",
+    ]  # two pages
+    labelled = compute_v1.ListInstancesRequest(
+        project=PROJECT, zone=ZONE, filter='(name eq "emu-.*") (labels.role eq "y")'
+    )
     assert [i.name for i in instances.list(request=labelled)] == ["emu-b"]
     assert len(list(instances.list(project=PROJECT, zone=ZONE))) == 3
 
@@ -86,9 +105,14 @@ def test_gce_extended_operation_poller_pointed_at_the_emulator(gce: Any) -> None
     instances, operations = _gce_clients(gce.url)
     instances.transport._extended_operations_services["zone_operations"] = operations
     gce.operation_polls = 3
-    operation = instances.insert(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("emu-ext"))
+    operation = instances.insert(
+        project=PROJECT, zone=ZONE, instance_resource=_gce_instance("emu-ext")
+    )
     operation.result(timeout=30)
-    assert operation.done() and instances.get(project=PROJECT, zone=ZONE, instance="emu-ext").status == "RUNNING"
+    assert (
+        operation.done()
+        and instances.get(project=PROJECT, zone=ZONE, instance="emu-ext").status == "RUNNING"
+    )
 
 
 def test_gce_quota_and_auth_knobs(gce: Any) -> None:
@@ -103,10 +127,14 @@ def test_gce_quota_and_auth_knobs(gce: Any) -> None:
         instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("emu-q"))
     assert refused.value.errors[0]["reason"] == "quotaExceeded"
     gce.quota_mode = "operation"
-    op = instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("emu-q"))
+    op = instances.insert_unary(
+        project=PROJECT, zone=ZONE, instance_resource=_gce_instance("emu-q")
+    )
     done = operations.wait(project=PROJECT, zone=ZONE, operation=op.name)
     assert done.status == compute_v1.Operation.Status.DONE
-    assert [e.code for e in done.error.errors] == ["QUOTA_EXCEEDED"] and done.http_error_status_code == 403
+    assert [e.code for e in done.error.errors] == [
+        "QUOTA_EXCEEDED"
+    ] and done.http_error_status_code == 403
     assert list(instances.list(project=PROJECT, zone=ZONE)) == []
 
     class Token(google.auth.credentials.Credentials):
@@ -140,11 +168,17 @@ def test_gce_rejects_what_gce_rejects(gce: Any) -> None:
     from google.api_core import exceptions
 
     instances, operations = _gce_clients(gce.url)
-    with pytest.raises(exceptions.BadRequest, match="resource.name"):
-        instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("Bad_Name"))
+    with pytest.raises(exceptions.BadRequest, match=r"resource\.name"):
+        instances.insert_unary(
+            project=PROJECT, zone=ZONE, instance_resource=_gce_instance("Bad_Name")
+        )
     with pytest.raises(exceptions.BadRequest, match="labels"):
-        instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("ok", Owner="Acme/App"))
-    op = instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("twice"))
+        instances.insert_unary(
+            project=PROJECT, zone=ZONE, instance_resource=_gce_instance("ok", Owner="Acme/App")
+        )
+    op = instances.insert_unary(
+        project=PROJECT, zone=ZONE, instance_resource=_gce_instance("twice")
+    )
     operations.wait(project=PROJECT, zone=ZONE, operation=op.name)
     with pytest.raises(exceptions.Conflict):
         instances.insert_unary(project=PROJECT, zone=ZONE, instance_resource=_gce_instance("twice"))
@@ -156,9 +190,18 @@ def test_gce_rejects_what_gce_rejects(gce: Any) -> None:
 def _connect(cloud: Any, password: str = "secret") -> Any:
     import openstack
 
-    return openstack.connect(auth_url=cloud.auth_url, username="runner", password=password, project_name="runners",
-                             user_domain_name="Default", project_domain_name="Default", region_name="RegionOne",
-                             load_yaml_config=False, load_envvars=False, api_timeout=10)
+    return openstack.connect(
+        auth_url=cloud.auth_url,
+        username="runner",
+        password=password,
+        project_name="runners",
+        user_domain_name="Default",
+        project_domain_name="Default",
+        region_name="RegionOne",
+        load_yaml_config=False,
+        load_envvars=False,
+        api_timeout=10,
+    )
 
 
 def test_openstack_servers_lifecycle_with_the_sdk(openstack_cloud: Any) -> None:
@@ -171,15 +214,28 @@ def test_openstack_servers_lifecycle_with_the_sdk(openstack_cloud: Any) -> None:
     assert (flavor.vcpus, flavor.ram) == (1, 2048)
     user_data = base64.b64encode(b"#cloud-config\nruncmd: [true]\n").decode()
     openstack_cloud.build_polls = 2
-    server = conn.compute.create_server(name="emu-1", flavor_id=flavor.id, image_id=image.id,
-                                        networks=[{"uuid": network.id}], user_data=user_data,
-                                        metadata={"ghrm-prefix": "emu"}, key_name="ops")
+    server = conn.compute.create_server(
+        name="emu-1",
+        flavor_id=flavor.id,
+        image_id=image.id,
+        networks=[{"uuid": network.id}],
+        user_data=user_data,
+        metadata={"ghrm-prefix": "emu"},
+        key_name="ops",
+    )
     assert conn.compute.get_server(server.id).status == "BUILD"
     got = conn.compute.get_server(server.id)
-    assert (got.name, got.status, got.metadata, got.key_name) == ("emu-1", "ACTIVE", {"ghrm-prefix": "emu"}, "ops")
+    assert (got.name, got.status, got.metadata, got.key_name) == (
+        "emu-1",
+        "ACTIVE",
+        {"ghrm-prefix": "emu"},
+        "ops",
+    )
     assert got.user_data == user_data and got.flavor.original_name == "m1.small"
     assert got.addresses["runners"][0]["version"] == 4
-    conn.compute.create_server(name="other-2", flavor_id=flavor.id, image_id=image.id, networks="auto")
+    conn.compute.create_server(
+        name="other-2", flavor_id=flavor.id, image_id=image.id, networks="auto"
+    )
     assert [s.name for s in conn.compute.servers(details=True, name="^emu-")] == ["emu-1"]
     assert len(list(conn.compute.servers(details=True))) == 2
     conn.compute.delete_server(server.id)
@@ -198,10 +254,14 @@ def test_openstack_knobs(openstack_cloud: Any) -> None:
     conn = _connect(openstack_cloud)
     image = openstack_cloud.images[0]["id"]
     openstack_cloud.quota = 0
-    with pytest.raises(openstack.exceptions.ForbiddenException, match="Quota exceeded for instances"):
+    with pytest.raises(
+        openstack.exceptions.ForbiddenException, match="Quota exceeded for instances"
+    ):
         conn.compute.create_server(name="emu-q", flavor_id="1", image_id=image, networks="auto")
     openstack_cloud.quota, openstack_cloud.no_valid_host = None, True
-    server = conn.compute.create_server(name="emu-nvh", flavor_id="1", image_id=image, networks="auto")
+    server = conn.compute.create_server(
+        name="emu-nvh", flavor_id="1", image_id=image, networks="auto"
+    )
     failed = conn.compute.get_server(server.id)
     assert failed.status == "ERROR" and "No valid host" in failed.fault["message"]
     with pytest.raises(openstack.exceptions.BadRequestException):

@@ -22,8 +22,12 @@ MINIMAL = {
     "docker": {},
     "aws": {},
     "gcp": {"project": "my-project-1", "zone": "us-central1-a"},
-    "openstack": {"auth_url": "https://keystone.example:5000/v3", "username": "u", "password": "p",
-                  "project_name": "runners"},
+    "openstack": {
+        "auth_url": "https://keystone.example:5000/v3",
+        "username": "u",
+        "password": "p",
+        "project_name": "runners",
+    },
     "vsphere": {"host": "vcenter.example", "user": "u", "password": "p"},
 }
 MINE = list(MINIMAL)
@@ -38,45 +42,114 @@ def test_minimal_settings_build_without_network(name: str) -> None:
 
 @pytest.mark.parametrize("name", MINE)
 def test_unknown_key_is_named(name: str) -> None:
-    with pytest.raises(BackendConfigError, match=rf"backends\.{name}\.flavour: Extra inputs are not permitted"):
+    with pytest.raises(
+        BackendConfigError, match=rf"backends\.{name}\.flavour: Extra inputs are not permitted"
+    ):
         create_backend(name, {**MINIMAL[name], "flavour": "large"})
 
 
 @pytest.mark.parametrize(
     ("name", "settings", "message"),
     [
-        ("docker", {"base_url": "docker.sock"}, r"backends\.docker\.base_url: .*unix:///var/run/docker\.sock"),
+        (
+            "docker",
+            {"base_url": "docker.sock"},
+            r"backends\.docker\.base_url: .*unix:///var/run/docker\.sock",
+        ),
         ("docker", {"command": []}, r"backends\.docker\.command: .*exec form"),
-        ("docker", {"user_data_path": "relative/file"}, r"backends\.docker\.user_data_path: .*absolute"),
-        ("docker", {"tls_client_cert": "/c.pem"}, r"tls_client_cert and tls_client_key must be given together"),
-        ("docker", {"max_instances": -1}, r"backends\.docker\.max_instances: .*greater than or equal to 0"),
+        (
+            "docker",
+            {"user_data_path": "relative/file"},
+            r"backends\.docker\.user_data_path: .*absolute",
+        ),
+        (
+            "docker",
+            {"tls_client_cert": "/c.pem"},
+            r"tls_client_cert and tls_client_key must be given together",
+        ),
+        (
+            "docker",
+            {"max_instances": -1},
+            r"backends\.docker\.max_instances: .*greater than or equal to 0",
+        ),
         ("aws", {"region": "mars"}, r"backends\.aws\.region: .*us-east-1"),
         ("aws", {"ami": "debian"}, r"backends\.aws\.ami: .*ami-"),
         ("aws", {"subnet_id": "net-1"}, r"backends\.aws\.subnet_id: .*subnet-"),
         ("aws", {"security_group_ids": ["default"]}, r"backends\.aws\.security_group_ids: .*sg-"),
-        ("aws", {"access_key_id": "AKIA"}, r"access_key_id and secret_access_key must be given together"),
-        ("aws", {"profile": "p", "access_key_id": "a", "secret_access_key": "s"}, r"either profile or"),
-        ("aws", {"instance_types": [{"name": "x", "cpu": 2, "memory": "lots"}]},
-         r"backends\.aws\.instance_types\.0\.memory: .*not a size"),
+        (
+            "aws",
+            {"access_key_id": "AKIA"},
+            r"access_key_id and secret_access_key must be given together",
+        ),
+        (
+            "aws",
+            {"profile": "p", "access_key_id": "a", "secret_access_key": "s"},
+            r"either profile or",
+        ),
+        (
+            "aws",
+            {"instance_types": [{"name": "x", "cpu": 2, "memory": "lots"}]},
+            r"backends\.aws\.instance_types\.0\.memory: .*not a size",
+        ),
         ("aws", {"instance_types": []}, r"backends\.aws\.instance_types: .*at least one"),
         ("gcp", {"zone": "us-central1-a"}, r"backends\.gcp\.project: Field required"),
-        ("gcp", {"project": "my-project-1", "zone": "central"}, r"backends\.gcp\.zone: .*us-central1-a"),
+        (
+            "gcp",
+            {"project": "my-project-1", "zone": "central"},
+            r"backends\.gcp\.zone: .*us-central1-a",
+        ),
         ("gcp", {"project": "My_Project", "zone": "us-central1-a"}, r"backends\.gcp\.project: "),
-        ("gcp", {"project": "my-project-1", "zone": "us-central1-a", "endpoint": "localhost:8080"},
-         r"backends\.gcp\.endpoint: "),
-        ("gcp", {"project": "my-project-1", "zone": "us-central1-a", "credentials_file": "/nonexistent.json"},
-         r"backends\.gcp\.credentials_file: .*not a readable file"),
+        (
+            "gcp",
+            {"project": "my-project-1", "zone": "us-central1-a", "endpoint": "localhost:8080"},
+            r"backends\.gcp\.endpoint: ",
+        ),
+        (
+            "gcp",
+            {
+                "project": "my-project-1",
+                "zone": "us-central1-a",
+                "credentials_file": "/nonexistent.json",
+            },
+            r"backends\.gcp\.credentials_file: .*not a readable file",
+        ),
         ("openstack", {}, r"set clouds_yaml \+ cloud, or auth_url"),
-        ("openstack", {"clouds_yaml": "/nonexistent.yaml", "cloud": "c"}, r"backends\.openstack\.clouds_yaml: "),
-        ("openstack", {**MINIMAL["openstack"], "cloud": "c"}, r"either clouds_yaml/cloud or auth_url"),
-        ("openstack", {**MINIMAL["openstack"], "auth_url": "keystone:5000"}, r"backends\.openstack\.auth_url: "),
-        ("openstack", {**MINIMAL["openstack"], "interface": "private"}, r"backends\.openstack\.interface: "),
+        (
+            "openstack",
+            {"clouds_yaml": "/nonexistent.yaml", "cloud": "c"},
+            r"backends\.openstack\.clouds_yaml: ",
+        ),
+        (
+            "openstack",
+            {**MINIMAL["openstack"], "cloud": "c"},
+            r"either clouds_yaml/cloud or auth_url",
+        ),
+        (
+            "openstack",
+            {**MINIMAL["openstack"], "auth_url": "keystone:5000"},
+            r"backends\.openstack\.auth_url: ",
+        ),
+        (
+            "openstack",
+            {**MINIMAL["openstack"], "interface": "private"},
+            r"backends\.openstack\.interface: ",
+        ),
         ("vsphere", {"host": "vc", "user": "u"}, r"backends\.vsphere\.password: Field required"),
-        ("vsphere", {"host": "https://vc/sdk", "user": "u", "password": "p"}, r"backends\.vsphere\.host: .*without scheme"),
-        ("vsphere", {"host": "vc", "user": "u", "password": "p", "port": 0}, r"backends\.vsphere\.port: "),
+        (
+            "vsphere",
+            {"host": "https://vc/sdk", "user": "u", "password": "p"},
+            r"backends\.vsphere\.host: .*without scheme",
+        ),
+        (
+            "vsphere",
+            {"host": "vc", "user": "u", "password": "p", "port": 0},
+            r"backends\.vsphere\.port: ",
+        ),
     ],
 )
-def test_wrong_settings_are_named_precisely(name: str, settings: dict[str, object], message: str) -> None:
+def test_wrong_settings_are_named_precisely(
+    name: str, settings: dict[str, object], message: str
+) -> None:
     with pytest.raises(BackendConfigError, match=message):
         create_backend(name, settings)
 
@@ -84,12 +157,22 @@ def test_wrong_settings_are_named_precisely(name: str, settings: dict[str, objec
 @pytest.mark.parametrize(
     ("name", "settings", "secret"),
     [
-        ("aws", {"access_key_id": "AKIA", "secret_access_key": "s3cr3t-aws", "region": "bad"}, "s3cr3t-aws"),
-        ("openstack", {**MINIMAL["openstack"], "password": "s3cr3t-os", "interface": "x"}, "s3cr3t-os"),
+        (
+            "aws",
+            {"access_key_id": "AKIA", "secret_access_key": "s3cr3t-aws", "region": "bad"},
+            "s3cr3t-aws",
+        ),
+        (
+            "openstack",
+            {**MINIMAL["openstack"], "password": "s3cr3t-os", "interface": "x"},
+            "s3cr3t-os",
+        ),
         ("vsphere", {"host": "vc", "user": "u", "password": "s3cr3t-vc", "port": -1}, "s3cr3t-vc"),
     ],
 )
-def test_secrets_never_show_in_errors_or_repr(name: str, settings: dict[str, object], secret: str) -> None:
+def test_secrets_never_show_in_errors_or_repr(
+    name: str, settings: dict[str, object], secret: str
+) -> None:
     with pytest.raises(BackendConfigError) as caught:
         create_backend(name, settings)
     assert secret not in str(caught.value)
@@ -106,10 +189,17 @@ def test_flavor_tables_pick_the_smallest_fit() -> None:
     assert aws.pick_instance_type(table, 2, 4 * GIB) == "t3.medium"
     assert aws.pick_instance_type(table, 3, 1 * GIB) == "t3.xlarge"
     assert aws.pick_instance_type(table, 8, 32 * GIB) == "t3.2xlarge"
-    with pytest.raises(BackendConfigError, match=r"backends\.aws\.instance_types: no instance type has 512 CPUs"):
+    with pytest.raises(
+        BackendConfigError, match=r"backends\.aws\.instance_types: no instance type has 512 CPUs"
+    ):
         aws.pick_instance_type(table, 512, GIB)
     custom = aws.AWSSettings.model_validate(
-        {"instance_types": [{"name": "big", "cpu": 16, "memory": "64GiB"}, {"name": "small", "cpu": 2, "memory": "2GiB"}]}
+        {
+            "instance_types": [
+                {"name": "big", "cpu": 16, "memory": "64GiB"},
+                {"name": "small", "cpu": 2, "memory": "2GiB"},
+            ]
+        }
     ).instance_types
     assert [t.name for t in custom] == ["small", "big"]
     backend = gcp.GCPBackend(MINIMAL["gcp"])
@@ -157,8 +247,12 @@ MISSING = textwrap.dedent(
 
 def _python(code: str, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, check=False,
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -170,8 +264,13 @@ def test_backends_are_imported_lazily() -> None:
 
 @pytest.mark.parametrize(
     ("name", "module", "extra"),
-    [("docker", "docker", "docker"), ("aws", "boto3", "aws"), ("gcp", "google.cloud.compute_v1", "gcp"),
-     ("openstack", "openstack", "openstack"), ("vsphere", "pyVmomi", "vsphere")],
+    [
+        ("docker", "docker", "docker"),
+        ("aws", "boto3", "aws"),
+        ("gcp", "google.cloud.compute_v1", "gcp"),
+        ("openstack", "openstack", "openstack"),
+        ("vsphere", "pyVmomi", "vsphere"),
+    ],
 )
 def test_missing_library_names_the_extra(name: str, module: str, extra: str) -> None:
     message = _python(MISSING, module, name)

@@ -326,3 +326,40 @@ def test_script_usage_and_cache_key(runner_image: RunnerImage) -> None:
     assert (
         key("--runner-sha256", app.sha256, "--dockerhub-mirror", "http://10.151.12.1:5000") != same
     )
+
+
+def test_proxies_and_dockerhub_mirror_are_written_into_the_image(
+    runner_image: RunnerImage, tmp_path: Path
+) -> None:
+    """Proxy and registry-mirror settings end up in the image (checked in the rootfs, no launch).
+
+    The base layer is cached by the session image, so nothing is fetched through the (absent) proxy.
+    """
+    proxy = "http://10.151.12.1:3128"
+    mirror = "http://10.151.12.1:5000"
+    result = build_runner_image(
+        image_options(
+            runner_image.app,
+            alias_prefix=_unique_prefix("proxy"),
+            lxd=False,
+            http_proxy=proxy,
+            https_proxy=proxy,
+            no_proxy="localhost,127.0.0.1,10.151.12.1",
+            dockerhub_mirror=mirror,
+        )
+    )
+    assert result.alias is None and result.fingerprint is None  # --no-lxd: nothing imported
+    assert result.base_cached and not result.cached
+    assert result.cache_key != runner_image.cache_key
+    assert result.rootfs is not None
+
+    def read(member: str) -> str:
+        with tarfile.open(result.rootfs) as tar:  # type: ignore[arg-type]
+            return tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+
+    assert json.loads(read("./etc/docker/daemon.json")) == {"registry-mirrors": [mirror]}
+    environment = read("./etc/environment")
+    assert f"http_proxy={proxy}" in environment and f"HTTPS_PROXY={proxy}" in environment
+    assert "no_proxy=localhost,127.0.0.1,10.151.12.1" in environment
+    assert f"http_proxy={proxy}" in read("./opt/actions-runner/.env")
+    assert f'Acquire::http::Proxy "{proxy}";' in read("./etc/apt/apt.conf.d/90ghrm-proxy")

@@ -21,7 +21,6 @@ from tests.functional.manager.test_manager_e2e import (
     cli_env,
     manager_config,
     our_github_runners,
-    run_cli,
     setup_world,
 )
 from tests.parts import free_port, wait_for
@@ -128,12 +127,12 @@ def test_bad_config_through_the_console_script(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "runner_groups[0].max_runners" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
-    missing = run_cli(tmp_path / "nope.yaml", "status")
-    assert missing.returncode == 2 and "no such config file" in missing.stderr
-    assert "Traceback" not in missing.stderr
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--config", str(tmp_path / "nope.yaml"), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "no such config file" in err and "Traceback" not in err
     assert cli.main(["status"]) == 2
     assert "--config" in capsys.readouterr().err
     assert cli.main(["--config", str(tmp_path / "c.yaml"), "explode"]) == 2
@@ -220,9 +219,7 @@ def test_update_runner_bin(
     assert "runner binary" in err and "sha256 mismatch" in err and "Traceback" not in err
 
 
-def test_run_stops_cleanly_on_sigint_and_refuses_a_missing_secret(
-    emulator: Any, redis_url: str, tmp_path: Path
-) -> None:
+def test_run_stops_cleanly_on_sigint(emulator: Any, redis_url: str, tmp_path: Path) -> None:
     setup_world(emulator)
     data = memory_config(tmp_path, emulator.url, redis_url)
     port = int(data["webhook"]["listen"].rpartition(":")[2])
@@ -254,14 +251,21 @@ def test_run_stops_cleanly_on_sigint_and_refuses_a_missing_secret(
     # runners survive a clean stop: they belong to the fleet
     assert len(our_github_runners(emulator)) == 2
 
+
+def test_run_refuses_a_missing_webhook_secret(
+    emulator: Any,
+    redis_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setup_world(emulator)
+    data = memory_config(tmp_path, emulator.url, redis_url)
     data["webhook"].pop("secret")
     path = write(tmp_path, data, "nosecret.yaml")
-    env = cli_env()
-    env.pop("GITHUB_WEBHOOK_SECRET", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "github_runner_manager.cli", "--config", str(path), "run"],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "webhook.secret" in result.stderr.splitlines()[-1]
-    assert "Traceback" not in result.stderr
+    monkeypatch.delenv("GITHUB_WEBHOOK_SECRET", raising=False)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["--config", str(path), "run"]) == 2
+    err = capsys.readouterr().err
+    assert "webhook.secret" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is handler  # the command put the handlers back

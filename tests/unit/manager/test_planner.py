@@ -38,7 +38,7 @@ GROUP_PATHS = st.lists(OWNER, min_size=1, max_size=3, unique=True).map(
 )
 LIFETIME = st.sampled_from([None, None, None, 1.0, 600.0, 2_000.0])
 MIN_IDLE = st.integers(0, 3)
-EXTRA_RUNNERS = st.integers(0, 3)
+EXTRA_RUNNERS = st.sampled_from([0, 0, 1, 2, 3, 6])  # max_runners - min_idle: caps often bind
 GROUP_NAMES = {n: st.sampled_from([*(f"g{i}" for i in range(n)), "retired"]) for n in (1, 2, 3)}
 # Weighted towards healthy idle fleets (where surplus and preference decisions happen), with every
 # state, flag and combination still reachable.
@@ -82,7 +82,7 @@ def make_group(draw: st.DrawFn, index: int) -> RunnerGroup:
     return RunnerGroup(
         name=f"g{index}",
         min_idle=min_idle,
-        max_runners=min_idle + draw(EXTRA_RUNNERS) + draw(EXTRA_RUNNERS),
+        max_runners=min_idle + draw(EXTRA_RUNNERS),
         max_lifetime=draw(LIFETIME),
         paths=draw(GROUP_PATHS),
     )

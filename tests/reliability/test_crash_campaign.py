@@ -1,0 +1,195 @@
+"""Campaign 1 -- crash: seeded SIGKILLs of one of two managers at chosen moments.
+
+Two ``github-runner-manager run`` units share Redis and the emulator; both receive every webhook.
+Jobs arrive throughout (seeded gaps and durations) and run on real local runner processes. Each round
+picks a victim and a moment -- inside its reconcile (it holds its unit's reconcile lock), while it
+creates an instance (a ``pending`` instance of its own), while it deletes one, right as a job event is
+taken in, while one of its runners is busy, or after a random delay -- and SIGKILLs it there.
+
+After each kill one ``github-runner-manager reconcile`` of the victim's unit runs (the restart's first
+reconcile) and then: no leaked instance (an instance without a record, or left mid-creation), no record
+stuck ``creating``/``deleting`` or without an instance, no orphan GitHub runner. Then the unit's
+service is restarted. At the end every queued job has completed with ``success`` -- a runner that lost
+its machine mid-job makes the emulator fail (or cancel) its job -- and flushing leaves nothing anywhere.
+
+Short form (CI): 6 kills. Full form (``CHAOS_FULL=1``): 50 kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.parts import wait_for
+from tests.reliability.harness import (
+    KEY_PREFIX,
+    SEED,
+    Fleet,
+    Manager,
+    form,
+    no_traceback,
+    producer,
+    rng,
+    run_cli,
+)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+MOMENTS = ("reconcile", "create", "delete", "intake", "busy", "random")
+
+
+def report(name: str, summary: dict[str, Any]) -> None:
+    """Print the campaign's figures (and keep them under $CHAOS_RESULTS_DIR when set)."""
+    line = json.dumps({"campaign": name, "seed": SEED, **summary}, sort_keys=True)
+    print(f"\nCAMPAIGN {line}")
+    directory = os.environ.get("CHAOS_RESULTS_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, f"{name}.json"), "w") as out:
+            out.write(line + "\n")
+
+
+def trigger(fleet: Fleet, victim: Manager, moment: str, state: dict[str, Any]) -> Callable[[], bool]:
+    """A condition that is true at the moment ``moment`` of ``victim``'s current process."""
+    pid = victim.pid
+    assert pid is not None
+
+    if moment == "reconcile":
+        key = f"{KEY_PREFIX}:lock:reconcile:{victim.unit}"
+        return lambda: (fleet.redis.get(key) or "").startswith(f"{pid}:")
+    if moment == "create":
+        return lambda: any(
+            d.get("state") == "pending" and d.get("creator_pid") == pid
+            for d in victim.instances().values()
+        )
+    if moment == "delete":
+        return lambda: any(d.get("state") == "deleting" for d in victim.instances().values())
+    if moment == "busy":
+
+        def busy() -> bool:
+            mine = {n for n, r in fleet.records().items() if r.get("unit") == victim.unit}
+            return any(r["busy"] and n in mine for n, r in fleet.github_runners().items())
+
+        return busy
+    if moment == "intake":
+        job_id = fleet.queue_job(["sleep 0.3"])
+        state["jobs"].append(job_id)
+        return lambda: bool(fleet.redis.exists(f"{KEY_PREFIX}:job:{job_id}"))
+    raise AssertionError(moment)
+
+
+def test_sigkill_campaign(fleet: Fleet) -> None:
+    kills = form(6, 50)
+    gen = rng("crash")
+    for unit in ("u0", "u1"):
+        fleet.add(
+            unit,
+            runner_groups=[{"name": "small", "labels": ["small"], "backend": "fake", "min_idle": 1,
+                            "max_runners": 8, "cpu": 1, "memory": "1GiB", "paths": ["acme"]}],
+            fake={"create_latency": "0.4s", "delete_latency": "0.3s"},
+        )  # fmt: skip
+    fleet.start()
+    problems: list[str] = []
+    moments: Counter[str] = Counter()
+    reached: Counter[str] = Counter()
+    inflight: Counter[str] = Counter()
+    state: dict[str, Any] = {"jobs": []}
+    jobs_gen = rng("crash-jobs")
+    durations = [round(jobs_gen.uniform(0.2, 1.5), 2) for _ in range(10_000)]
+    started = time.monotonic()
+    with producer(
+        fleet, rng("crash-gaps"), gap=(0.3, 1.2), steps=lambda n: [f"sleep {durations[n]}", "echo ok"]
+    ) as produced:
+        for round_ in range(kills):
+            victim = fleet.managers[gen.randrange(len(fleet.managers))]
+            moment = MOMENTS[gen.randrange(len(MOMENTS))]
+            moments[moment] += 1
+            if moment == "random":
+                threading.Event().wait(gen.uniform(0.0, 3.0))  # the moment itself is the chaos
+                reached[moment] += 1
+            else:
+                try:
+                    wait_for(trigger(fleet, victim, moment, state), 20, interval=0.005, what=moment)
+                    reached[moment] += 1
+                except TimeoutError:
+                    pass  # killed anyway, counted as not reached
+            # what the victim had in flight when it died
+            pid = victim.pid
+            snapshot = victim.instances()
+            assert victim.kill(signal.SIGKILL) == -signal.SIGKILL
+            inflight["pending instances"] += sum(
+                1 for d in snapshot.values() if d.get("state") == "pending" and d.get("creator_pid") == pid
+            )
+            inflight["deleting instances"] += sum(1 for d in snapshot.values() if d.get("state") == "deleting")
+            records = fleet.records()
+            inflight["creating records"] += sum(
+                1 for r in records.values() if r.get("unit") == victim.unit and r.get("state") == "creating"
+            )
+            inflight["busy runners"] += sum(
+                1 for n, r in fleet.github_runners().items()
+                if r["busy"] and records.get(n, {}).get("unit") == victim.unit
+            )  # fmt: skip
+            result = run_cli(victim.config, "--log-level", "info", "reconcile")
+            if result.returncode != 0 or no_traceback(result.stderr):
+                problems.append(
+                    f"round {round_} ({moment}): reconcile exit {result.returncode}: {result.stderr[-3000:]}"
+                )
+            found = fleet.unit_problems(victim) + [
+                f"orphan GitHub runner {n}" for n in fleet.orphan_github_runners()
+            ]
+            problems += [f"round {round_} ({moment}, {victim.unit}): {p}" for p in found]
+            victim.start()
+    jobs = state["jobs"] + produced
+    done = fleet.wait_jobs_done(jobs, timeout=240)
+    failed = {j: (d["conclusion"], d["runner_name"]) for j, d in done.items() if d["conclusion"] != "success"}
+    if failed:
+        problems.append(f"jobs that did not succeed (a busy runner lost its machine?): {failed}")
+    names = [d["runner_name"] for d in done.values()]
+    if len(set(names)) != len(names) or not all(n and n.startswith("ghr-") for n in names):
+        problems.append(f"jobs not each on their own runner of ours: {Counter(names).most_common(3)}")
+
+    # quiescent: stop both, one reconcile each, everything agrees; then flush leaves nothing
+    for manager in fleet.managers:
+        if manager.stop() != 0:
+            problems.append(f"{manager.unit} did not stop cleanly:\n{manager.tail()}")
+    for manager in fleet.managers:
+        result = run_cli(manager.config, "reconcile")
+        if result.returncode != 0:
+            problems.append(f"final reconcile of {manager.unit}: {result.stderr[-2000:]}")
+    for manager in fleet.managers:
+        problems += [f"final: {p}" for p in fleet.unit_problems(manager)]
+    problems += [f"final: orphan GitHub runner {n}" for n in fleet.orphan_github_runners()]
+    records, instances, github = fleet.records(), fleet.all_instances(), fleet.github_runners()
+    if not set(github) <= set(records) or set(instances) != set(records):
+        problems.append(
+            f"final views disagree: records {sorted(records)}, instances {sorted(instances)}, github {sorted(github)}"
+        )
+    for manager in fleet.managers:
+        flushed = run_cli(manager.config, "flush", "--busy")
+        if flushed.returncode != 0:
+            problems.append(f"flush {manager.unit}: {flushed.stderr[-2000:]}")
+    wait_for(lambda: not fleet.github_runners(), 30, what="no GitHub runner after the flush")
+    leftovers = (fleet.all_instances(), fleet.records(), fleet.github_runners())
+    if any(leftovers):
+        problems.append(f"left after flush: {leftovers}")
+    for manager in fleet.managers:
+        problems += [f"{manager.unit} log: {line}" for line in no_traceback(manager.log_text())]
+
+    report(
+        "crash",
+        {
+            "form": "full" if kills > 6 else "short", "kills": kills, "moments": dict(moments),
+            "moments_reached": dict(reached), "in_flight_at_kill": dict(inflight), "jobs": len(jobs),
+            "jobs_failed": len(failed), "problems": len(problems),
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )  # fmt: skip
+    assert not problems, "\n".join(problems) + "\n" + fleet.tails()
