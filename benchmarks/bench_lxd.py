@@ -2,7 +2,7 @@
 
 * ``lxd_launch_s``: the LXD backend's ``create`` (container from the runner image, the JIT config in
   ``user.jitconfig``, the rendered user-data) until that runner is online at the emulator -- the instance
-  start of the cold target, without the manager. Median of the samples.
+  start of the cold target, without the manager. Median of the samples (``lxd_launch_p95_s``: their p95).
 * ``pickup_cold_lxd_{p50,p95,max}_s``: as in bench_pickup (cold, webhooks on), with the ``lxd`` backend;
   ``pickup_cold_lxd_poll_*`` with webhooks lost (full mode).
 
@@ -62,9 +62,17 @@ def run(ctx: Context) -> Figures:
     host = bridge_address()
     group = {"image": alias, **GROUP_SIZE}
     settings: dict[str, Any] = {}
-    figures.details["lxd"] = {"image": alias, "bridge_address": host, "size": GROUP_SIZE}
+    from github_runner_manager.config import GitHubConfig
+
+    poll = float(GitHubConfig.model_fields["poll_interval"].default)
+    figures.details["lxd"] = {
+        "image": alias,
+        "bridge_address": host,
+        "size": GROUP_SIZE,
+        "lxd_poll_interval_s": poll,
+    }
     launch = measure_launch(
-        ctx, backend_name="lxd", settings=settings, samples=1 if ctx.quick else 5, host=host,
+        ctx, backend_name="lxd", settings=settings, samples=1 if ctx.quick else 8, host=host,
         group_extra=group, timeout=300,
     )  # fmt: skip
     figures.details["lxd"]["launch"] = launch
@@ -82,7 +90,7 @@ def run(ctx: Context) -> Figures:
     redis = start_redis(ctx.tmp / "redis-lxd")
     try:
         cold = Scenario(
-            "cold_lxd", "lxd", settings, min_idle=0, webhook=True, jobs=1 if ctx.quick else 6,
+            "cold_lxd", "lxd", settings, min_idle=0, webhook=True, jobs=1 if ctx.quick else 8,
             poll_interval=30.0, group_extra=group, host=host, job_timeout=300,
         )  # fmt: skip
         ctx.log(f"lxd: cold pickup, {cold.jobs} jobs")
@@ -90,9 +98,6 @@ def run(ctx: Context) -> Figures:
         if ctx.quick:
             record(figures, "cold_lxd_poll", None, "skipped in quick mode")
         else:
-            from github_runner_manager.config import GitHubConfig
-
-            poll = float(GitHubConfig.model_fields["poll_interval"].default)
             cold_poll = Scenario(
                 "cold_lxd_poll", "lxd", settings, min_idle=0, webhook=False, jobs=4, poll_interval=poll,
                 group_extra=group, host=host, job_timeout=300,

@@ -16,9 +16,9 @@ Scenarios (``pickup_<scenario>_{p50,p95,max}_s``):
   (``github.poll_interval``, default 30 s) finds the jobs; right after one poll, jobs are queued at even
   offsets over one poll interval so the figures sample the whole wait.
 
-``fake_launch_<latency>_s`` is the instance start of the cold target ("cold ≤ instance start + 2 s"): the
-Fake backend's ``create`` with a fresh JIT config until that runner is online at the emulator, without the
-manager.
+``fake_launch_<latency>_s`` (median) and ``fake_launch_<latency>_p95_s`` are the instance start of the cold
+target ("cold ≤ instance start + 2 s", compared percentile by percentile): the Fake backend's ``create``
+with a fresh JIT config until that runner is online at the emulator, without the manager.
 """
 
 from __future__ import annotations
@@ -438,7 +438,9 @@ def run(ctx: Context) -> Figures:
             if latency not in latencies:
                 record(figures, f"cold_fake_{key}", None, "skipped in quick mode")
                 record(figures, f"cold_fake_{key}_poll", None, "skipped in quick mode")
-                figures.set(f"fake_launch_{key}_s", None, "skipped in quick mode")
+                figures.null(
+                    [f"fake_launch_{key}_s", f"fake_launch_{key}_p95_s"], "skipped in quick mode"
+                )
                 continue
             launch = measure_launch(
                 ctx,
@@ -449,11 +451,11 @@ def run(ctx: Context) -> Figures:
             figures.details.setdefault("fake_launch", {})[key] = launch
             online = summary(launch["online_s"])
             if online["p50"] is None:
-                figures.set(
-                    f"fake_launch_{key}_s", None, "; ".join(launch["failures"])[:400] or "no sample"
-                )
+                why = "; ".join(launch["failures"])[:400] or "no sample"
+                figures.null([f"fake_launch_{key}_s", f"fake_launch_{key}_p95_s"], why)
             else:
                 figures.set(f"fake_launch_{key}_s", online["p50"])
+                figures.set(f"fake_launch_{key}_p95_s", online["p95"])
             cold = Scenario(
                 f"cold_fake_{key}", "fake", fake_settings(ctx, latency), min_idle=0, webhook=True,
                 jobs=2 if ctx.quick else 10, poll_interval=poll_interval,

@@ -94,6 +94,29 @@ def _plus(key: str, extra: float, extra_key: str | None = None) -> Callable[[Res
     return bound
 
 
+def _cold(label: str, key: str, launch: str, extra_key: str | None = None) -> list[Row]:
+    """p50 / p95 / max rows of one cold scenario; p50 and p95 against the instance start at that percentile."""
+    poll = " + poll interval" if extra_key else ""
+    derived = "derived: " if extra_key else ""
+    return [
+        Row(
+            f"{label}, p50",
+            f"{key}_p50_s",
+            "s",
+            f"≤ start p50{poll} + 2 s = {{bound}}",
+            _plus(launch, 2.0, extra_key),
+        ),
+        Row(
+            f"{label}, p95",
+            f"{key}_p95_s",
+            "s",
+            f"{derived}≤ start p95{poll} + 2 s = {{bound}}",
+            _plus(f"{launch.removesuffix('_s')}_p95_s", 2.0, extra_key),
+        ),
+        Row(f"{label}, max", f"{key}_max_s", "s"),
+    ]
+
+
 def rows() -> list[Row]:
     return [
         Row("Pickup, warm pool, p50", "pickup_warm_p50_s", "s"),
@@ -106,57 +129,33 @@ def rows() -> list[Row]:
             "≤ 1 s",
             _const(1.0),
         ),
-        Row("Instance start, Fake 0.5 s (create → runner online)", "fake_launch_0_5_s", "s"),
-        Row("Pickup, cold, Fake 0.5 s, p50", "pickup_cold_fake_0_5_p50_s", "s"),
-        Row(
-            "Pickup, cold, Fake 0.5 s, p95",
-            "pickup_cold_fake_0_5_p95_s",
-            "s",
-            "≤ start + 2 s = {bound}",
-            _plus("fake_launch_0_5_s", 2.0),
+        Row("Instance start, Fake 0.5 s (create → runner online), p50", "fake_launch_0_5_s", "s"),
+        Row("Instance start, Fake 0.5 s, p95", "fake_launch_0_5_p95_s", "s"),
+        *_cold("Pickup, cold, Fake 0.5 s", "pickup_cold_fake_0_5", "fake_launch_0_5_s"),
+        *_cold(
+            "Pickup, cold, Fake 0.5 s, webhooks lost",
+            "pickup_cold_fake_0_5_poll",
+            "fake_launch_0_5_s",
+            "poll_interval_s",
         ),
-        Row("Pickup, cold, Fake 0.5 s, max", "pickup_cold_fake_0_5_max_s", "s"),
-        Row(
-            "Pickup, cold, Fake 0.5 s, webhooks lost, p95",
-            "pickup_cold_fake_0_5_poll_p95_s",
-            "s",
-            "≤ poll interval + start + 2 s = {bound}",
-            _plus("fake_launch_0_5_s", 2.0, "poll_interval_s"),
+        Row("Instance start, Fake 2 s (create → runner online), p50", "fake_launch_2_s", "s"),
+        Row("Instance start, Fake 2 s, p95", "fake_launch_2_p95_s", "s"),
+        *_cold("Pickup, cold, Fake 2 s", "pickup_cold_fake_2", "fake_launch_2_s"),
+        *_cold(
+            "Pickup, cold, Fake 2 s, webhooks lost",
+            "pickup_cold_fake_2_poll",
+            "fake_launch_2_s",
+            "poll_interval_s",
         ),
-        Row("Instance start, Fake 2 s (create → runner online)", "fake_launch_2_s", "s"),
-        Row("Pickup, cold, Fake 2 s, p50", "pickup_cold_fake_2_p50_s", "s"),
-        Row(
-            "Pickup, cold, Fake 2 s, p95",
-            "pickup_cold_fake_2_p95_s",
-            "s",
-            "≤ start + 2 s = {bound}",
-            _plus("fake_launch_2_s", 2.0),
-        ),
-        Row("Pickup, cold, Fake 2 s, max", "pickup_cold_fake_2_max_s", "s"),
-        Row(
-            "Pickup, cold, Fake 2 s, webhooks lost, p95",
-            "pickup_cold_fake_2_poll_p95_s",
-            "s",
-            "≤ poll interval + start + 2 s = {bound}",
-            _plus("fake_launch_2_s", 2.0, "poll_interval_s"),
-        ),
-        Row("LXD instance start (create → runner online), median", "lxd_launch_s", "s"),
-        Row("LXD create call alone, median", "lxd_create_api_s", "s"),
-        Row("Pickup, cold, LXD, p50", "pickup_cold_lxd_p50_s", "s"),
-        Row(
-            "Pickup, cold, LXD, p95",
-            "pickup_cold_lxd_p95_s",
-            "s",
-            "≤ start + 2 s = {bound}",
-            _plus("lxd_launch_s", 2.0),
-        ),
-        Row("Pickup, cold, LXD, max", "pickup_cold_lxd_max_s", "s"),
-        Row(
-            "Pickup, cold, LXD, webhooks lost, p95",
-            "pickup_cold_lxd_poll_p95_s",
-            "s",
-            "≤ 30 s poll + start + 2 s = {bound}",
-            _plus("lxd_launch_s", 32.0),
+        Row("LXD instance start (create → runner online), p50", "lxd_launch_s", "s"),
+        Row("LXD instance start, p95", "lxd_launch_p95_s", "s"),
+        Row("LXD create call alone, p50", "lxd_create_api_s", "s"),
+        *_cold("Pickup, cold, LXD", "pickup_cold_lxd", "lxd_launch_s"),
+        *_cold(
+            "Pickup, cold, LXD, webhooks lost",
+            "pickup_cold_lxd_poll",
+            "lxd_launch_s",
+            "lxd_poll_interval_s",
         ),
         Row("GitHub units per hour, 50 runners", "api_units_per_hour_50", "units"),
         Row(
@@ -192,7 +191,7 @@ def rows() -> list[Row]:
         ),
         Row("… its high-water mark", "rss_1000_peak_mb", "MB"),
         Row("Emulator requests/second (slowest scenario)", "emulator_rps", "req/s"),
-        Row("Emulator requests/second, 304 listing / plain GET", "emulator_rps_plain_get", "req/s"),
+        Row("Emulator requests/second, plain GET", "emulator_rps_plain_get", "req/s"),
         Row("Image build, cold (empty cache)", "image_build_cold_s", "s"),
         Row("Image build, warm (cached root filesystem)", "image_build_warm_s", "s"),
     ]
@@ -248,20 +247,25 @@ def missed(result: Result) -> list[str]:
         if row.status(result) != "**missed**":
             continue
         value = _num(result.get(row.key)) or 0.0
-        text = f"* **{row.label}: {fmt(value, row.unit)}** against {row.target.split('=')[-1].strip()}. "
+        bound = row.limit(result) if row.limit else None
+        target = row.target.split("=")[0].strip().removeprefix("derived: ")
+        text = (
+            f"* **{row.label}: {fmt(value, row.unit)}** against {fmt(bound, row.unit)} ({target}). "
+        )
         if row.key.startswith("pickup_cold"):
-            launch_key = (
-                "lxd_launch_s"
+            base = (
+                "lxd_launch"
                 if "lxd" in row.key
-                else ("fake_launch_2_s" if "_2_" in row.key else "fake_launch_0_5_s")
+                else ("fake_launch_2" if "_2_" in row.key else "fake_launch_0_5")
             )
+            launch_key = f"{base}_p95_s" if row.key.endswith("_p95_s") else f"{base}_s"
             launch = _num(result.get(launch_key)) or 0.0
             text += (
-                f"The instance itself needs {fmt(launch, 's')} to start and connect; the rest "
-                f"({fmt(value - launch, 's')} at p95) is webhook delivery, the job consumer, the JIT registration "
-                "and the create call. "
+                f"The instance alone needs {fmt(launch, 's')} at that percentile to start and connect; the rest "
+                f"({fmt(value - launch, 's')}) is webhook delivery, the job consumer, the JIT registration and the "
+                "create call, plus the spread of the instance start between samples. "
             )
-            scenario = row.key.removeprefix("pickup_").removesuffix("_p95_s")
+            scenario = row.key.removeprefix("pickup_").rsplit("_", 2)[0]
             info = details.get("pickup", {}).get(scenario, {})
             if info.get("latencies"):
                 text += f"Samples: {', '.join(fmt(x, 's') for x in info['latencies'])}."
@@ -342,6 +346,9 @@ def render(result: Result) -> str:
         f"The baselines run one cycle per {reconcile_interval:g} s.",
         "* This project's steady state costs no unit: every listing is conditional (ETag) and answered `304`. "
         'Ratios divide by max(this project\'s figure, 1), hence "≥".',
+        "* Requests (not units): this project sends more requests than (a) and (c): its missed-webhook poll lists "
+        "each repository's queued and in-progress runs every 30 s (2 x 50 requests), all answered 304; they cost "
+        "no unit but they are load, and GitHub's secondary limit counts them (1 point per GET, 900 a minute).",
         "* Per job, this project spends the units in the table above (JIT registration of the replacement, the "
         "removal of the finished runner, the changed listing pages), once per job whatever the fleet size.",
         "* Rate limits were switched off in the emulator while counting (a real token has 5,000 units/hour, "
@@ -361,7 +368,9 @@ def render(result: Result) -> str:
         "interval. Cold jobs taken by a runner that existed before they were queued are left out of the cold "
         "figures (listed as `not_cold` in the details).",
         "* Instance start (the cold target's reference) is the backend's `create` with a fresh JIT config until "
-        "that runner is online at the emulator, without the manager.",
+        "that runner is online at the emulator, without the manager; the cold target is checked percentile by "
+        "percentile (pickup p50 against start p50 + 2 s, p95 against start p95 + 2 s). With webhooks lost there is "
+        "no target in the design; the table derives one (a job waits at most one poll interval for the poll).",
         "* Reconcile, create and memory figures use the manager against the emulator and a real redis-server on "
         "loopback; the emulator shares this machine's CPUs, and its own rate is in the table.",
         "* Image builds use `image.build_runner_image` (scripts/build-runner-image.sh), container image only "

@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         help="write the BENCHMARKS.md table here (default: BENCHMARKS.md in full mode with the default --out)",
     )
     parser.add_argument("--verbose", action="store_true", help="log the parts' INFO lines")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="RESULT_JSON",
+        help="only render the BENCHMARKS.md table (--markdown, default BENCHMARKS.md) from an existing result file",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -124,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("github_runner_manager").setLevel(logging.ERROR)
         logging.getLogger("github_emulator").setLevel(logging.ERROR)
+
+    if args.render is not None:
+        import bench_report
+
+        target = args.markdown or DEFAULT_MARKDOWN
+        target.write_text(bench_report.render(json.loads(args.render.read_text())))
+        print(f"table written to {target}")
+        return 0
 
     selected = [n.strip() for n in args.only.split(",") if n.strip()] or list(ORDER)
     unknown = sorted(set(selected) - set(ORDER))

@@ -318,9 +318,9 @@ cache_fresh() { # FILE -> 0 when it exists and is younger than the max age
     local age=$(($(date +%s) - $(stat -c %Y "$1")))
     ((age < CACHE_MAX_AGE_DAYS * 86400))
 }
-prune_cache_dir() { # DIR: keep the newest KEEP_CACHE_ENTRIES entries
-    find "$1" -maxdepth 1 -type f -printf '%T@ %p\n' | sort -rn | tail -n +$((KEEP_CACHE_ENTRIES + 1)) |
-        cut -d' ' -f2- | xargs -r rm -f
+prune_cache_dir() { # DIR KEEP: keep KEEP and the other entries with the newest packages
+    find "$1" -maxdepth 1 -type f ! -path "$2" -printf '%T@ %p\n' | sort -rn |
+        tail -n +"$KEEP_CACHE_ENTRIES" | cut -d' ' -f2- | xargs -r rm -f
 }
 
 BASE_TAR="$CACHE_DIR/base/$BASE_KEY.tar"
@@ -410,6 +410,7 @@ if [[ -n "$RUNNER_URL" ]]; then
             { rm -f "$RUNNER_TARBALL.part"; die 5 "could not download $RUNNER_URL"; }
         mv "$RUNNER_TARBALL.part" "$RUNNER_TARBALL"
     fi
+    prune_cache_dir "$CACHE_DIR/downloads" "$RUNNER_TARBALL"
 fi
 [[ -s "$RUNNER_TARBALL" ]] || die 5 "runner tarball $RUNNER_TARBALL is missing or empty"
 actual="$(sha256sum "$RUNNER_TARBALL" | cut -d' ' -f1)"
@@ -447,7 +448,7 @@ else
         die 6 "mmdebstrap failed (see the lines above; mirror $MIRROR)"
     fi
     mv "$WORK/base.tar" "$BASE_TAR"
-    prune_cache_dir "$CACHE_DIR/base"
+    prune_cache_dir "$CACHE_DIR/base" "$BASE_TAR"
     step_done "$(du -h "$BASE_TAR" | cut -f1)"
 fi
 
@@ -503,11 +504,13 @@ EOF
 
     step pack
     tar --numeric-owner --xattrs --xattrs-include='*' -C "$ROOT" -cf "$WORK/rootfs.tar" .
+    # Cache entries age from when their packages were fetched: the final root filesystem expires
+    # together with the base it was made from (using an entry never makes it younger).
+    touch -r "$BASE_TAR" "$WORK/rootfs.tar"
     mv "$WORK/rootfs.tar" "$FINAL_TAR"
-    prune_cache_dir "$CACHE_DIR/rootfs"
+    prune_cache_dir "$CACHE_DIR/rootfs" "$FINAL_TAR"
     step_done "$(du -h "$FINAL_TAR" | cut -f1)"
 else
-    touch "$FINAL_TAR"
     step_skipped customize "cached"
     step_skipped pack "cached"
 fi
@@ -577,11 +580,10 @@ if ((!NO_VM)); then
             die 8 "the VM root filesystem has no first-boot start script"
         qemu-img convert -f raw -O qcow2 "$WORK/rootfs.raw" "$WORK/vm.qcow2"
         rm -f "$WORK/rootfs.raw"
+        touch -r "$FINAL_TAR" "$WORK/vm.qcow2"
         mv "$WORK/vm.qcow2" "$VM_CACHE"
-        prune_cache_dir "$CACHE_DIR/vm"
+        prune_cache_dir "$CACHE_DIR/vm" "$VM_CACHE"
         rm -f "$ROOT/etc/fstab"
-    else
-        touch "$VM_CACHE"
     fi
     format="$(qemu-img info --output=json "$VM_CACHE" | python3 -c 'import json, sys; print(json.load(sys.stdin)["format"])')"
     [[ "$format" == qcow2 ]] || die 8 "$VM_CACHE is $format, not qcow2"

@@ -15,7 +15,7 @@
 # ready; 5 initialisation failed; 6 firewall driver is not nftables and LXD could not be restarted.
 #
 # Environment: LXD_BRIDGE_ADDRESS (default 10.151.12.1/24), LXD_LOG (default /var/log/lxd/lxd.log),
-# LXD_READY_TIMEOUT seconds (default 60).
+# LXD_READY_TIMEOUT seconds (default 60), LXD_PIDFILE (default /run/ghrm-lxd.pid; stop-lxd.sh reads it).
 set -euo pipefail
 
 usage() {
@@ -89,7 +89,7 @@ start_daemon() {
     # setsid: the daemon must outlive this script and the session that called it.
     setsid lxd --group root --logfile "$LOG" </dev/null >>"$LOG.stdout" 2>&1 &
     local pid=$!
-    echo "$pid" >/run/ghrm-lxd.pid
+    echo "$pid" >"${LXD_PIDFILE:-/run/ghrm-lxd.pid}"
     if ! lxd waitready --timeout "$READY_TIMEOUT" >/dev/null 2>&1; then
         tail -n 20 "$LOG" "$LOG.stdout" >&2 2>/dev/null || true
         die 4 "lxd did not become ready within ${READY_TIMEOUT}s (log: $LOG)"

@@ -27,10 +27,9 @@ done
 say() { echo "stop-lxd: $*"; }
 [[ $(id -u) -eq 0 ]] || { echo "stop-lxd: ERROR: must run as root" >&2; exit 2; }
 
-PIDFILE=/run/ghrm-lxd.pid
+PIDFILE="${LXD_PIDFILE:-/run/ghrm-lxd.pid}"
 if ! lxd waitready --timeout 1 >/dev/null 2>&1; then
     say "lxd is not running"
-    rm -f "$PIDFILE"
     exit 0
 fi
 

@@ -168,7 +168,6 @@ class GithubRunnerCharm(ops.CharmBase):
             return
         data = cos.cos_agent_data(
             app=self.app.name,
-            unit=self.unit.name,
             model=self.model.name,
             model_uuid=self.model.uuid,
             metrics_port=METRICS_PORT,

@@ -363,16 +363,16 @@ class FakeManager:
             self._say(progress, f"installing {', '.join(sorted(missing))}")
             self.packages |= missing
         inputs = image_inputs(state)
+        image_missing: ImageMissingError | None = None
         if inputs is not None and self.image_key != inputs.key():
             self._say(progress, f"building the runner image {state.image} from {state.base_image}")
-            if self.image_build_fails is not None:
-                if not self.images:
-                    raise ImageMissingError(
-                        image_missing_message(state.image, self.image_build_fails)
-                    )
-            else:
+            if self.image_build_fails is None:
                 self.images.append(state.image)
                 self.image_key = inputs.key()
+            elif not self.images:  # reported once the service runs, as the real manager does
+                image_missing = ImageMissingError(
+                    image_missing_message(state.image, self.image_build_fails)
+                )
         self.schedule_hours = state.image_build_interval / 3600 if inputs is not None else 0
         if self.backend_rejected is not None:
             raise BackendRejectedError(
@@ -389,6 +389,8 @@ class FakeManager:
         self.removed = False
         self.state = state
         self.applied += 1
+        if image_missing is not None:
+            raise image_missing
 
     def upgrade(self, state: CharmState | None, progress: Progress | None = None) -> None:
         """Flush idle runners, then apply (rebuilding what changed) and restart."""
@@ -403,7 +405,7 @@ class FakeManager:
 
     def remove(self) -> int:
         """Flush everything, forget the service, the schedule and the images."""
-        removed = self._flush(flush_busy=True) if self.config is not None else 0
+        removed = self._flush(flush_busy=True)
         self.service_running = False
         self.schedule_hours = 0
         self.images.clear()
@@ -442,7 +444,6 @@ class FakeManager:
 
     def flush(self, flush_busy: bool) -> int:
         """Remove idle, offline and unknown runners, and busy ones when `flush_busy`."""
-        self._require_state()
         return self._flush(flush_busy)
 
     def _flush(self, flush_busy: bool) -> int:
@@ -484,8 +485,6 @@ class FakeManager:
     def build_image(self) -> dict[str, Any]:
         """Record a new image named after the configured one (no image is really built)."""
         state = self._require_state()
-        if self.image_build_fails is not None:
-            raise ManagerError(f"image build failed: {self.image_build_fails}")
         started = time.monotonic()
         image = f"{state.image}-{secrets.token_hex(4)}"
         self.images.append(image)

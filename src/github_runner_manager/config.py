@@ -46,7 +46,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from github_runner_manager.backends.registry import BACKENDS
-from github_runner_manager.units import GIB, format_duration, format_size, parse_duration, parse_size
+from github_runner_manager.units import (
+    GIB,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 __all__ = [
     "REDACTED",
@@ -172,7 +178,7 @@ Duration = Annotated[
 """Seconds; YAML accepts ``60s``, ``10m``, ``6h`` or a number of seconds; dumped as ``6h``."""
 
 Network = Annotated[
-    Union[ipaddress.IPv4Network, ipaddress.IPv6Network],  # noqa: UP007 - runtime union for pydantic
+    Union[ipaddress.IPv4Network, ipaddress.IPv6Network],
     BeforeValidator(_validate_cidr),
 ]
 
@@ -463,7 +469,9 @@ class RedisConfig(_Model):
     @classmethod
     def _redis_url(cls, value: str) -> str:
         shown = _quote(redact_url(value))
-        accepted = "like redis://127.0.0.1:6379/0 (rediss://, redis+sentinel://host:port/master/db too)"
+        accepted = (
+            "like redis://127.0.0.1:6379/0 (rediss://, redis+sentinel://host:port/master/db too)"
+        )
         try:
             parts = urlsplit(value)
         except ValueError:
@@ -591,9 +599,7 @@ class RunnerGroup(_Model):
         if self.backend is not None and self.backends is not None:
             problems.append(((), "set backend or backends, not both"))
         if self.max_runners < self.min_idle:
-            problems.append(
-                ((), f"max_runners ({self.max_runners}) < min_idle ({self.min_idle})")
-            )
+            problems.append(((), f"max_runners ({self.max_runners}) < min_idle ({self.min_idle})"))
         if self.sizing is not None:
             for bound, own, text in (
                 ("max_cpu", self.cpu, str(self.cpu)),
@@ -746,7 +752,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
         if isinstance(key, typing.Hashable) and key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f'key "{key}" is given twice', key_node.start_mark
@@ -757,7 +763,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -888,9 +894,7 @@ def _describe(error: Mapping[str, Any]) -> list[str]:
     kind: str = error["type"]
     ctx: Mapping[str, Any] = error.get("ctx") or {}
     if kind == "config_cross":
-        return [
-            f"{_format_loc(loc + tuple(sub))}: {message}" for sub, message in ctx["problems"]
-        ]
+        return [f"{_format_loc(loc + tuple(sub))}: {message}" for sub, message in ctx["problems"]]
     path = _format_loc(loc)
     secret = _is_secret_loc(loc)
     value = REDACTED if secret else _quote(error.get("input"))

@@ -146,7 +146,10 @@ def size_for(job: JobRequest, group: RunnerGroup) -> Sizing:
                 f'runs-on token "{token}" asks for {cpu} CPUs but runner group "{group.name}" '
                 f"allows at most {max_cpu} ({_bound_source(group, 'max_cpu', 'cpu')})"
             )
-    for key, bound, policy_key in (("mem", max_memory, "max_memory"), ("disk", max_disk, "max_disk")):
+    for key, bound, policy_key in (
+        ("mem", max_memory, "max_memory"),
+        ("disk", max_disk, "max_disk"),
+    ):
         if key not in job.tokens:
             continue
         raw = job.tokens[key]

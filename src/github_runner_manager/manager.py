@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
+import requests
+import requests.adapters
 
 from github_runner_manager import labels as labels_mod
 from github_runner_manager import planner
@@ -324,7 +326,16 @@ class RunnerManager:
         self._kp = self.store.key_prefix
         if github is None:
             token = config.github.resolve_token().get_secret_value()
-            github = GitHubClient(config.github.url, token, timeout=config.github.timeout)
+            # one pooled connection per worker thread (requests keeps only 10 by default)
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(
+                pool_connections=4, pool_maxsize=config.concurrency + 8
+            )
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            github = GitHubClient(
+                config.github.url, token, timeout=config.github.timeout, session=session
+            )
         self.github = github
         self.jobqueue = JobQueue(
             self.store.client,

@@ -203,9 +203,7 @@ def _is_offline(runner: ObservedRunner) -> bool:
     return runner.state is RunnerState.OFFLINE or runner.github_status != "online"
 
 
-def _broken_reason(
-    runner: ObservedRunner, group: RunnerGroup | None, inp: PlanInput
-) -> str | None:
+def _broken_reason(runner: ObservedRunner, group: RunnerGroup | None, inp: PlanInput) -> str | None:
     """Why a non-busy runner must go whatever the demand, or ``None`` if it is healthy or still coming up."""
     age = inp.now - runner.created_at
     if runner.state in (RunnerState.DONE, RunnerState.DELETING, RunnerState.ORPHAN):
@@ -245,7 +243,7 @@ class _Fleet:
         self.by_group_owner[(group, owner)] += n
 
 
-def plan(inp: PlanInput) -> Plan:  # noqa: C901 - one decision, read top to bottom
+def plan(inp: PlanInput) -> Plan:
     """Decide creates, deletes, cleanups and GitHub removals. See the module docstring for the promises.
 
     Per group: ``idle_target = quantity if quantity is not None else max(min_idle, pending_jobs)``,
@@ -260,9 +258,7 @@ def plan(inp: PlanInput) -> Plan:  # noqa: C901 - one decision, read top to bott
 
     if inp.flush != "none":
         flushed = [
-            Delete(r.name, "flush")
-            for r in inp.runners
-            if inp.flush == "busy" or not is_busy(r)
+            Delete(r.name, "flush") for r in inp.runners if inp.flush == "busy" or not is_busy(r)
         ]
         return Plan(creates=[], deletes=flushed, cleanups=cleanups, github_removals=removals)
 
@@ -355,9 +351,7 @@ def plan(inp: PlanInput) -> Plan:  # noqa: C901 - one decision, read top to bott
             counts[(name, owner, reason_pool)] += 1
 
     creates = [
-        Create(group=g, owner=o, count=n, reason=r)
-        for (g, o, r), n in counts.items()
-        if n > 0
+        Create(group=g, owner=o, count=n, reason=r) for (g, o, r), n in counts.items() if n > 0
     ]
     deletes.sort(key=lambda d: _REASON_RANK.get(d.reason, len(DELETE_REASONS)))
     return Plan(creates=creates, deletes=deletes, cleanups=cleanups, github_removals=removals)

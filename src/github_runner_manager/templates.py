@@ -32,8 +32,8 @@ from github_runner_manager.config import (
     GitHubPath,
     ManagerConfig,
     RunnerGroup,
-    redact_settings,
     dump_config_dict,
+    redact_settings,
 )
 from github_runner_manager.labels import Sizing
 
@@ -72,10 +72,10 @@ def default_template_dirs() -> list[Path]:
 
 @functools.lru_cache(maxsize=16)
 def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:
-    env = jinja2.Environment(  # noqa: S701 - renders YAML and shell, not HTML
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(list(search_path)),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,
+        autoescape=False,  # noqa: S701 - renders YAML and shell, not HTML
         keep_trailing_newline=True,
     )
     env.filters["shquote"] = lambda value: shlex.quote(str(value))
@@ -113,9 +113,7 @@ def render(
     return template.render(dict(context))
 
 
-def render_user_data(
-    context: Mapping[str, Any], *, templates_dir: Path | str | None = None
-) -> str:
+def render_user_data(context: Mapping[str, Any], *, templates_dir: Path | str | None = None) -> str:
     """The instance's cloud-init user-data: writes the JIT config and starts the runner service."""
     return render(USER_DATA, context, templates_dir=templates_dir)
 

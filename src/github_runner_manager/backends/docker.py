@@ -330,6 +330,13 @@ class DockerBackend(Backend):
         """Remove the container (killing it if it runs); a missing container is not an error."""
         self._remove(name)
 
+    def validate(self, group: Any) -> None:
+        """A group fits when its image (or the configured one) is on the daemon."""
+        image = self.settings.image or getattr(group, "image", None)
+        if image:
+            with self._errors(f"looking up image {image!r}"):
+                self.client.images.get(image)
+
     # ------------------------------------------------------------------ helpers
     def _remove(self, name: str) -> None:
         try:

@@ -479,6 +479,22 @@ class VSphereBackend(Backend):
         for vm, _ in self._call(f"finding VM {name}", lambda: self._vms(name=name)):
             self._destroy(vm, name)
 
+    def validate(self, group: Any) -> None:
+        """A group fits when its template, folder, pool and datastore can be found."""
+        image = str(getattr(group, "image", "") or "")
+        probe = InstanceSpec(
+            name="validate",
+            group=str(getattr(group, "name", "")),
+            image=image,
+            cpu=1,
+            memory=0,
+            disk=0,
+            user_data="",
+            jit_config="",
+            tags={},
+        )
+        self._call("checking the placement", lambda: self._placement(probe))
+
     # ------------------------------------------------------------------ helpers
     def _destroy(self, vm: Any, name: str) -> None:
         def destroy() -> None:

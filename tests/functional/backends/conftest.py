@@ -1,10 +1,9 @@
 """The real parts behind the backend contract suite, one session fixture each.
 
-* ``dockerd`` -- a Docker daemon: ``$GHRM_TEST_DOCKER_HOST`` if set, else the one
-  ``scripts/start-dockerd.sh`` starts (when that script exists), else a private ``dockerd`` started
-  here with its own data/exec roots, pid file and socket under the session's tmp dir and its own
-  bridge (no iptables changes, no IP forwarding), stopped at the end. The contract image is
-  ``docker import``-ed from the cached test root filesystem.
+* ``dockerd`` -- the Docker daemon ``scripts/start-dockerd.sh`` starts or finds (it is left
+  running, like LXD), or ``$GHRM_TEST_DOCKER_HOST``; the contract image is ``docker import``-ed
+  into it once from the cached test root filesystem. The contract's containers run ``sleep``
+  and send no traffic.
 * ``moto`` -- ``moto_server`` on a free loopback port.
 * ``vcsim`` -- ``scripts/build-vcsim.sh`` builds it once into ``/var/cache/github-runner-tests/vcsim``;
   it serves on a port of its own choosing (printed on stdout), so no port race.
@@ -24,7 +23,6 @@ import contextlib
 import fcntl
 import hashlib
 import io
-import ipaddress
 import os
 import re
 import shutil
@@ -187,140 +185,55 @@ def _docker_ping(base_url: str) -> bool:
         client.close()
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A /24 in 172.29.0.0/16 that no interface of this machine uses."""
-    used = run(["ip", "-4", "-o", "addr", "show"], timeout=10).stdout
-    taken = [ipaddress.ip_interface(m).network for m in re.findall(r"inet (\S+)", used)]
-    for third in range(10, 250):
-        net = ipaddress.ip_network(f"172.29.{third}.0/24")
-        if not any(net.overlaps(t) for t in taken):
-            return net
-    unavailable("no free /24 in 172.29.0.0/16 for the test Docker bridge")
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _private_dockerd(tmp: Path) -> Iterator[str]:
-    """dockerd with its own roots, socket and bridge; iptables and forwarding left alone."""
-    dockerd = shutil.which("dockerd")
-    if dockerd is None:
-        unavailable("dockerd is missing (scripts/dev-setup.sh installs docker.io)")
-    if os.geteuid() != 0:
-        unavailable("starting a private dockerd needs root")
-    bridge = f"ghrmd{os.getpid() % 100000}"
-    run(["ip", "link", "del", bridge], timeout=10)
-    with cache_lock("docker-bridge"):  # xdist workers must not pick the same subnet
-        subnet = _free_subnet()
-        gateway = f"{next(subnet.hosts())}/{subnet.prefixlen}"
-        for args in (
-            ["link", "add", bridge, "type", "bridge"],
-            ["addr", "add", gateway, "dev", bridge],
-            ["link", "set", bridge, "up"],
-        ):
-            result = run(["ip", *args], timeout=10)
-            if result.returncode != 0:
-                unavailable(f"cannot create the test bridge {bridge}: {result.stderr.strip()}")
-    sock = tmp / "docker.sock"
-    log = open(tmp / "dockerd.log", "wb")
-    process = subprocess.Popen(
-        [
-            dockerd,
-            "--data-root",
-            str(tmp / "data"),
-            "--exec-root",
-            str(tmp / "exec"),
-            "--pidfile",
-            str(tmp / "dockerd.pid"),
-            "-H",
-            f"unix://{sock}",
-            "--bridge",
-            bridge,
-            "--iptables=false",
-            "--ip-masq=false",
-            "--ip-forward=false",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base_url = f"unix://{sock}"
-    try:
-        try:
-            wait_for(
-                lambda: process.poll() is None and sock.exists() and _docker_ping(base_url),
-                60,
-                interval=0.2,
-                what="private dockerd",
-            )
-        except TimeoutError as exc:
-            tail = (tmp / "dockerd.log").read_text(errors="replace")[-800:]
-            unavailable(f"dockerd did not start: {exc}; log: {tail}")
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-        run(["ip", "link", "del", bridge], timeout=10)
-        shutil.rmtree(tmp / "data", ignore_errors=True)
-
-
-def _script_dockerd() -> str | None:
-    """The daemon ``scripts/start-dockerd.sh`` leaves running, if that script exists and works."""
+def _start_dockerd() -> str:
+    """The daemon ``scripts/start-dockerd.sh`` starts (or finds); its last line names it."""
     script = ROOT / "scripts" / "start-dockerd.sh"
     if not script.is_file():
-        return None
-    result = run(["bash", str(script)], timeout=300)
+        unavailable("scripts/start-dockerd.sh is missing")
+    if os.geteuid() != 0:
+        unavailable("scripts/start-dockerd.sh needs root")
+    with cache_lock("start-dockerd"):  # xdist workers must not both start one
+        result = run(["bash", str(script)], timeout=600)
     if result.returncode != 0:
         unavailable(
-            f"scripts/start-dockerd.sh failed ({result.returncode}): {result.stderr[-600:]}"
+            f"scripts/start-dockerd.sh failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout)[-600:]}"
         )
-    announced = re.findall(r"DOCKER_HOST=(\S+)", result.stdout)
-    candidates = [
-        *announced,
-        os.environ.get("DOCKER_HOST", ""),
-        "unix:///run/ghrm-docker.sock",
-        "unix:///var/run/docker.sock",
-    ]
-    for candidate in candidates:
-        if candidate:
-            with contextlib.suppress(Exception):
-                if _docker_ping(candidate):
-                    return candidate
-    unavailable(f"scripts/start-dockerd.sh ran but no daemon answers at {candidates}")
-    return None
+    announced = re.findall(r"^DOCKER_HOST=(\S+)$", result.stdout, re.MULTILINE)
+    if not announced:
+        unavailable(f"scripts/start-dockerd.sh named no DOCKER_HOST: {result.stdout[-400:]}")
+    try:
+        wait_for(lambda: _docker_ping(announced[-1]), 30, interval=0.2, what="dockerd")
+    except TimeoutError as exc:
+        unavailable(f"dockerd at {announced[-1]} does not answer: {exc}")
+    return announced[-1]
 
 
 @pytest.fixture(scope="session")
-def dockerd(
-    tmp_path_factory: pytest.TempPathFactory, contract_rootfs: Path
-) -> Iterator[DockerPart]:
-    """A Docker daemon holding the contract image ``ghrm-contract:<key>``."""
+def dockerd(contract_rootfs: Path) -> DockerPart:
+    """A Docker daemon holding the contract image ``ghrm-contract:<key>`` (``docker import``-ed once).
+
+    ``$GHRM_TEST_DOCKER_HOST`` names a daemon to use instead of the one of ``scripts/start-dockerd.sh``.
+    """
     import docker
 
-    with contextlib.ExitStack() as stack:
-        base_url = os.environ.get("GHRM_TEST_DOCKER_HOST") or _script_dockerd()
-        if not base_url:
-            base_url = stack.enter_context(_private_dockerd(tmp_path_factory.mktemp("dockerd")))
-        image = f"ghrm-contract:{ROOTFS_KEY}"
-        client = docker.DockerClient(base_url=base_url, timeout=120, version="auto")
-        try:
-            with cache_lock("contract-docker-image"):
-                try:
-                    client.images.get(image)
-                except docker.errors.ImageNotFound:
-                    client.api.import_image_from_file(
-                        str(contract_rootfs), repository="ghrm-contract", tag=ROOTFS_KEY
-                    )
-                    client.images.get(image)
-        except docker.errors.DockerException as exc:
-            unavailable(f"cannot import the contract image into {base_url}: {exc}")
-        finally:
-            client.close()
-        yield DockerPart(base_url=base_url, image=image)
+    base_url = os.environ.get("GHRM_TEST_DOCKER_HOST") or _start_dockerd()
+    image = f"ghrm-contract:{ROOTFS_KEY}"
+    client = docker.DockerClient(base_url=base_url, timeout=120, version="auto")
+    try:
+        with cache_lock("contract-docker-image"):
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                client.api.import_image_from_file(
+                    str(contract_rootfs), repository="ghrm-contract", tag=ROOTFS_KEY
+                )
+                client.images.get(image)
+    except docker.errors.DockerException as exc:
+        unavailable(f"cannot import the contract image into {base_url}: {exc}")
+    finally:
+        client.close()
+    return DockerPart(base_url=base_url, image=image)
 
 
 # --------------------------------------------------------------------------- moto

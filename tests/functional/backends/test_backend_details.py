@@ -151,6 +151,11 @@ def test_docker_max_instances_and_missing_image(dockerd: Any, prefix: str) -> No
             harness.backend(prefix).create(
                 make_spec(prefix, "ghrm-no-such-image:1", cpu=1, memory=128 * MIB)
             )
+    group = type("Group", (), {"name": "small", "image": "ghrm-no-such-image:1"})()
+    with pytest.raises(BackendError, match="docker import"):
+        harness.backend(prefix).validate(group)
+    group.image = dockerd.image
+    harness.backend(prefix).validate(group)
     unreachable = create_backend("docker", {"base_url": "unix:///nonexistent/docker.sock"})
     with pytest.raises(BackendError, match="unreachable"):
         unreachable.list()
@@ -336,6 +341,13 @@ def test_vsphere_clone_size_guestinfo_and_power(vcsim: Any, prefix: str) -> None
             Disconnect(si)
         with pytest.raises(BackendError, match="no template VM 'no-such-template'"):
             harness.backend(prefix).create(make_spec(prefix, "no-such-template"))
+        group = type("Group", (), {"name": "small", "image": "no-such-template"})()
+        with pytest.raises(BackendError, match="no template VM"):
+            harness.backend(prefix).validate(group)
+        group.image = VSphereHarness.image
+        harness.backend(prefix).validate(group)
+        with pytest.raises(BackendError, match="no datastore 'nope'"):
+            harness.backend(prefix, datastore="nope").validate(group)
 
 
 def test_vsphere_logs_in_again_after_the_session_expired(vcsim: Any, prefix: str) -> None:

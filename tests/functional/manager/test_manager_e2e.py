@@ -561,3 +561,24 @@ def test_service_survives_a_redis_outage_and_rebuilds_an_emptied_redis(
         service.join(30)
         mgr.close()
     assert not service.is_alive()
+
+
+def test_records_of_a_gone_unit_stop_holding_cap_slots(world: Any, manager: RunnerManager) -> None:
+    """A unit silent for long left a registered-but-offline runner and its record: both go."""
+    from github_runner_manager.config import GitHubPath
+
+    acme = GitHubPath.parse("acme")
+    [name] = manager.store.reserve_runners(
+        "small", "acme", ["ghr-small-gone01"], "u9", group_cap=4, total_cap=0, owner_cap=0
+    )
+    jit = manager.github.generate_jit_config(acme, name, ["small"])
+    manager.store.update(name, github_id=jit.runner_id)
+    alive = manager.store.reserve_runners(
+        "small", "acme", ["ghr-small-live01"], "u8", group_cap=4, total_cap=0, owner_cap=0
+    )
+    client = manager.store.client
+    client.hset("ghrm:units", mapping={"u9": repr(time.time() - 3600), "u8": repr(time.time())})
+    manager.reconcile()
+    names = {r.name for r in manager.store.list_runners()}
+    assert name not in names and alive[0] in names  # a live unit's records are never touched
+    assert all(r["name"] != name for r in our_github_runners(world))

@@ -26,7 +26,11 @@ from github_runner_manager.units import GIB, MIB
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE / "design_example.yaml"
-SHARED = Path(os.environ.get("GITHUB_RUNNER_SHARED_DIR", Path(__file__).resolve().parents[3].parent / "shared"))
+SHARED = Path(
+    os.environ.get(
+        "GITHUB_RUNNER_SHARED_DIR", Path(__file__).resolve().parents[3].parent / "shared"
+    )
+)
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 SECRET_TOKEN = "ghp_Sup3rSecretTokenValue0123456789"
@@ -57,9 +61,7 @@ def design_block() -> str | None:
     design = SHARED / "DESIGN.md"
     if not design.is_file():
         return None
-    match = re.search(
-        r"## The manager's config file.*?```yaml\n(.*?)```", design.read_text(), re.S
-    )
+    match = re.search(r"## The manager's config file.*?```yaml\n(.*?)```", design.read_text(), re.S)
     assert match, f"{design} has no yaml block under 'The manager's config file'"
     return match.group(1)
 
@@ -153,7 +155,13 @@ def test_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("4GiB", 4 * GIB), ("512MiB", 512 * MIB), ("16G", 16 * GIB), (2048, 2048 * MIB), ("1TiB", 1024 * GIB)],
+    [
+        ("4GiB", 4 * GIB),
+        ("512MiB", 512 * MIB),
+        ("16G", 16 * GIB),
+        (2048, 2048 * MIB),
+        ("1TiB", 1024 * GIB),
+    ],
 )
 def test_sizes_in_files(value: object, expected: int) -> None:
     cfg = parse_config(minimal(runner_groups=[{"name": "g", "memory": value, "disk": value}]))
@@ -165,7 +173,9 @@ def test_sizes_in_python_are_bytes() -> None:
     assert RunnerGroup(name="g", memory="8GiB").memory == 8 * GIB
 
 
-@pytest.mark.parametrize(("value", "expected"), [("60s", 60.0), ("6h", 21600.0), (90, 90.0), ("1.5m", 90.0)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("60s", 60.0), ("6h", 21600.0), (90, 90.0), ("1.5m", 90.0)]
+)
 def test_durations(value: object, expected: float) -> None:
     cfg = parse_config(minimal(reconcile_interval=value, register_timeout=value))
     assert cfg.reconcile_interval == expected == cfg.register_timeout
@@ -196,52 +206,107 @@ def test_group_paths_default_and_explicit() -> None:
 
 
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
-    (minimal(runner_groups=[{"name": "a"}, {"name": "b", "memory": "7 gigs"}]),
-     'runner_groups[1].memory: "7 gigs" is not a size like 7GiB'),
-    (minimal(github={"paths": ["a/b/c"]}),
-     'github.paths[0]: "a/b/c" is neither an org, owner/repo nor enterprise:NAME'),
-    (minimal(runner_groups=[{"name": "a", "min_idle": 3, "max_runners": 2}]),
-     "runner_groups[0]: max_runners (2) < min_idle (3)"),
-    (minimal(webhook={"lisen": "127.0.0.1:80"}),
-     "webhook.lisen: unknown key (did you mean listen?)"),
+    (
+        minimal(runner_groups=[{"name": "a"}, {"name": "b", "memory": "7 gigs"}]),
+        'runner_groups[1].memory: "7 gigs" is not a size like 7GiB',
+    ),
+    (
+        minimal(github={"paths": ["a/b/c"]}),
+        'github.paths[0]: "a/b/c" is neither an org, owner/repo nor enterprise:NAME',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "min_idle": 3, "max_runners": 2}]),
+        "runner_groups[0]: max_runners (2) < min_idle (3)",
+    ),
+    (
+        minimal(webhook={"lisen": "127.0.0.1:80"}),
+        "webhook.lisen: unknown key (did you mean listen?)",
+    ),
     (minimal(denylist=["10.0.0.0/33"]), 'denylist[0]: "10.0.0.0/33" is not a CIDR'),
-    (minimal(denylist=["10.0.0.0/8", "10.1.2.3/8"]), "denylist[1]: \"10.1.2.3/8\" has host bits set; did you mean 10.0.0.0/8?"),
-    (minimal(runner_groups=[{"name": "a"}, {"name": "a"}]),
-     'runner_groups[1].name: "a" is already used by runner_groups[0]'),
-    (minimal(runner_groups=[{"name": "a", "backend": "lxc"}]),
-     'runner_groups[0].backend: "lxc" is not a known backend (did you mean lxd?'),
-    (minimal(runner_groups=[{"name": "a", "backends": ["lxd", "nova"]}]),
-     'runner_groups[0].backends[1]: "nova" is not a known backend'),
-    (minimal(runner_groups=[{"name": "a", "backend": "lxd", "backends": ["lxd"]}]),
-     "runner_groups[0]: set backend or backends, not both"),
+    (
+        minimal(denylist=["10.0.0.0/8", "10.1.2.3/8"]),
+        'denylist[1]: "10.1.2.3/8" has host bits set; did you mean 10.0.0.0/8?',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a"}, {"name": "a"}]),
+        'runner_groups[1].name: "a" is already used by runner_groups[0]',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "backend": "lxc"}]),
+        'runner_groups[0].backend: "lxc" is not a known backend (did you mean lxd?',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "backends": ["lxd", "nova"]}]),
+        'runner_groups[0].backends[1]: "nova" is not a known backend',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "backend": "lxd", "backends": ["lxd"]}]),
+        "runner_groups[0]: set backend or backends, not both",
+    ),
     (minimal(backends={"nope": {}}), 'backends.nope: "nope" is not a known backend'),
-    (minimal(runner_groups=[{"name": "Big_Group"}]), 'runner_groups[0].name: "Big_Group" is not a group name'),
-    (minimal(runner_groups=[{"name": "a", "cpu": "lots"}]), 'runner_groups[0].cpu: "lots" is not a whole number'),
-    (minimal(runner_groups=[{"name": "a", "cpu": 0}]), 'runner_groups[0].cpu: "0" must be at least 1'),
-    (minimal(runner_groups=[{"name": "a", "max_lifetime": "forever"}]),
-     'runner_groups[0].max_lifetime: "forever" is not a duration like 60s'),
-    (minimal(runner_groups=[{"name": "a", "labels": ["ok", "not ok"]}]),
-     'runner_groups[0].labels[1]: "not ok" is not a label'),
-    (minimal(runner_groups=[{"name": "a", "cpu": 8, "sizing": {"max_cpu": 4}}]),
-     "runner_groups[0].sizing.max_cpu: 4 is below the group's own cpu (8)"),
-    (minimal(runner_groups=[{"name": "a", "sizing": {"max_mem": "8GiB"}}]),
-     "runner_groups[0].sizing.max_mem: unknown key (did you mean max_memory?)"),
-    (minimal(runner_groups=[{"name": "a", "paths": ["elsewhere"]}]),
-     'runner_groups[0].paths[0]: "elsewhere" is not one of github.paths (acme)'),
-    (minimal(runner_groups=[{"name": "a", "ephemeral": "maybe"}]),
-     'runner_groups[0].ephemeral: "maybe" is not true or false'),
+    (
+        minimal(runner_groups=[{"name": "Big_Group"}]),
+        'runner_groups[0].name: "Big_Group" is not a group name',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "cpu": "lots"}]),
+        'runner_groups[0].cpu: "lots" is not a whole number',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "cpu": 0}]),
+        'runner_groups[0].cpu: "0" must be at least 1',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "max_lifetime": "forever"}]),
+        'runner_groups[0].max_lifetime: "forever" is not a duration like 60s',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "labels": ["ok", "not ok"]}]),
+        'runner_groups[0].labels[1]: "not ok" is not a label',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "cpu": 8, "sizing": {"max_cpu": 4}}]),
+        "runner_groups[0].sizing.max_cpu: 4 is below the group's own cpu (8)",
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "sizing": {"max_mem": "8GiB"}}]),
+        "runner_groups[0].sizing.max_mem: unknown key (did you mean max_memory?)",
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "paths": ["elsewhere"]}]),
+        'runner_groups[0].paths[0]: "elsewhere" is not one of github.paths (acme)',
+    ),
+    (
+        minimal(runner_groups=[{"name": "a", "ephemeral": "maybe"}]),
+        'runner_groups[0].ephemeral: "maybe" is not true or false',
+    ),
     (minimal(runner_groups=[]), "runner_groups: needs at least 1 entries"),
     (minimal(github={"paths": []}), "github.paths: needs at least 1 entries"),
     (minimal(github={"paths": ["acme", "acme"]}), 'github.paths[1]: "acme" is listed twice'),
     ({"runner_groups": [{"name": "a"}]}, "github: is required"),
-    (minimal(github={"paths": ["acme"], "url": "ftp://x"}), 'github.url: "ftp://x" is not an http(s) URL'),
+    (
+        minimal(github={"paths": ["acme"], "url": "ftp://x"}),
+        'github.url: "ftp://x" is not an http(s) URL',
+    ),
     (minimal(redis={"url": "memcached://x"}), 'redis.url: "memcached://x" is not a Redis URL'),
-    (minimal(redis={"url": "redis://h:port/0"}), 'redis.url: "redis://h:port/0" has a port that is not a number'),
-    (minimal(redis={"url": "redis+sentinel://a:1,b:x/m/0"}), 'redis.url: "redis+sentinel://a:1,b:x/m/0" has a port'),
-    (minimal(redis={"url": "redis+sentinel://h:26379"}), "redis.url: \"redis+sentinel://h:26379\" names no Sentinel master"),
+    (
+        minimal(redis={"url": "redis://h:port/0"}),
+        'redis.url: "redis://h:port/0" has a port that is not a number',
+    ),
+    (
+        minimal(redis={"url": "redis+sentinel://a:1,b:x/m/0"}),
+        'redis.url: "redis+sentinel://a:1,b:x/m/0" has a port',
+    ),
+    (
+        minimal(redis={"url": "redis+sentinel://h:26379"}),
+        'redis.url: "redis+sentinel://h:26379" names no Sentinel master',
+    ),
     (minimal(prefix="Too_Long_Prefix"), 'prefix: "Too_Long_Prefix" is not a prefix'),
     (minimal(max_total_runners=-1), 'max_total_runners: "-1" must be at least 0'),
-    (minimal(metrics_listen="9464"), 'metrics_listen: "9464" is not an address like 127.0.0.1:9464'),
+    (
+        minimal(metrics_listen="9464"),
+        'metrics_listen: "9464" is not an address like 127.0.0.1:9464',
+    ),
     (minimal(webhook={"path": "hook"}), 'webhook.path: "hook" is not a URL path like /webhook'),
     (minimal(reconcile_interval=0), 'reconcile_interval: "0.0" must be greater than 0'),
     (minimal(runnergroups=[]), "runnergroups: unknown key (did you mean runner_groups?)"),
@@ -249,7 +314,9 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), BAD_VALUES, ids=[e.split(":")[0] for _, e in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("data", "expected"), BAD_VALUES, ids=[e.split(":")[0] for _, e in BAD_VALUES]
+)
 def test_bad_value_is_named(data: dict[str, Any], expected: str) -> None:
     problems = problems_of(data)
     assert any(p.startswith(expected) for p in problems), problems
@@ -291,7 +358,9 @@ def test_load_errors(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(bad)
-    bad.write_text("github: {paths: [acme]}\ngithub: {paths: [other]}\nrunner_groups: [{name: a}]\n")
+    bad.write_text(
+        "github: {paths: [acme]}\ngithub: {paths: [other]}\nrunner_groups: [{name: a}]\n"
+    )
     with pytest.raises(ConfigError, match='key "github" is given twice'):
         load_config(bad)
     bad.write_text("")
@@ -307,7 +376,13 @@ def secret_config() -> dict[str, Any]:
         github={"paths": ["acme"], "token": SECRET_TOKEN},
         webhook={"secret": SECRET_HOOK},
         redis={"url": f"redis://:{SECRET_REDIS}@127.0.0.1:6379/0"},
-        backends={"openstack": {"password": SECRET_CLOUD, "cloud": "mycloud", "auth": {"token": SECRET_CLOUD}}},
+        backends={
+            "openstack": {
+                "password": SECRET_CLOUD,
+                "cloud": "mycloud",
+                "auth": {"token": SECRET_CLOUD},
+            }
+        },
     )
 
 
@@ -330,7 +405,9 @@ def test_dump_redacts_every_secret() -> None:
     assert_no_secret(str(cfg))
     # the values themselves are still there for the manager
     assert cfg.github.resolve_token().get_secret_value() == SECRET_TOKEN
-    assert cfg.webhook is not None and cfg.webhook.resolve_secret().get_secret_value() == SECRET_HOOK
+    assert (
+        cfg.webhook is not None and cfg.webhook.resolve_secret().get_secret_value() == SECRET_HOOK
+    )
 
 
 @pytest.mark.parametrize(
@@ -369,7 +446,9 @@ def test_token_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     cfg = parse_config(minimal(github={"paths": ["acme"], "token_file": str(token_file)}))
     assert cfg.github.resolve_token().get_secret_value() == SECRET_TOKEN
     # token wins over token_file
-    cfg = parse_config(minimal(github={"paths": ["acme"], "token": "direct", "token_file": str(token_file)}))
+    cfg = parse_config(
+        minimal(github={"paths": ["acme"], "token": "direct", "token_file": str(token_file)})
+    )
     assert cfg.github.resolve_token().get_secret_value() == "direct"
     # missing file: an error naming the key, not a fallback to the environment
     monkeypatch.setenv("GITHUB_TOKEN", "from-env")
@@ -386,7 +465,7 @@ def test_token_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert cfg.github.token is None
     assert cfg.github.resolve_token().get_secret_value() == "from-env"
     monkeypatch.delenv("GITHUB_TOKEN")
-    with pytest.raises(ConfigError, match="github.token: no GitHub token"):
+    with pytest.raises(ConfigError, match=r"github.token: no GitHub token"):
         cfg.github.resolve_token()
 
 
@@ -398,14 +477,14 @@ def test_webhook_secret_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert cfg.webhook is not None
     assert cfg.webhook.resolve_secret().get_secret_value() == SECRET_HOOK
     secret_file.unlink()
-    with pytest.raises(ConfigError, match="webhook.secret_file: .* does not exist"):
+    with pytest.raises(ConfigError, match=r"webhook.secret_file: .* does not exist"):
         cfg.webhook.resolve_secret()
     cfg = parse_config(minimal(webhook={}))
     assert cfg.webhook is not None
     monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "env-secret")
     assert cfg.webhook.resolve_secret().get_secret_value() == "env-secret"
     monkeypatch.delenv("GITHUB_WEBHOOK_SECRET")
-    with pytest.raises(ConfigError, match="webhook.secret: no webhook secret"):
+    with pytest.raises(ConfigError, match=r"webhook.secret: no webhook secret"):
         cfg.webhook.resolve_secret()
 
 
@@ -426,7 +505,11 @@ def test_dump_round_trips_design_example() -> None:
 def test_dump_round_trips_odd_values() -> None:
     cfg = parse_config(
         minimal(
-            github={"paths": ["acme", "enterprise:big", "acme/app"], "timeout": "1.5s", "poll_interval": 0.25},
+            github={
+                "paths": ["acme", "enterprise:big", "acme/app"],
+                "timeout": "1.5s",
+                "poll_interval": 0.25,
+            },
             webhook={"listen": "[::]:9000", "path": "/hooks/gh"},
             redis={"url": "redis+sentinel://a:26379,b:26379/mymaster/2", "key_prefix": "x:y"},
             denylist=["10.0.0.0/8", "fd00::/8", "192.0.2.1"],
@@ -458,6 +541,8 @@ def test_dump_round_trips_except_secrets() -> None:
     again = roundtrip(cfg)
     assert again.github.token is not None
     assert again.github.token.get_secret_value() == REDACTED
-    assert again.model_dump(exclude={"github": {"token"}, "webhook": {"secret"}, "redis": {"url"}, "backends": True}) == cfg.model_dump(
+    assert again.model_dump(
+        exclude={"github": {"token"}, "webhook": {"secret"}, "redis": {"url"}, "backends": True}
+    ) == cfg.model_dump(
         exclude={"github": {"token"}, "webhook": {"secret"}, "redis": {"url"}, "backends": True}
     )

@@ -42,9 +42,11 @@ EXTRA_RUNNERS = st.sampled_from([0, 0, 1, 2, 3, 6])  # max_runners - min_idle: c
 GROUP_NAMES = {n: st.sampled_from([*(f"g{i}" for i in range(n)), "retired"]) for n in (1, 2, 3)}
 # Weighted towards healthy idle fleets (where surplus and preference decisions happen), with every
 # state, flag and combination still reachable.
-STATES = [RunnerState.IDLE] * 5 + [RunnerState.CREATING, RunnerState.BUSY, RunnerState.OFFLINE] * 2 + [
-    RunnerState.DONE, RunnerState.DELETING, RunnerState.FAILED, RunnerState.ORPHAN
-]
+STATES = (
+    [RunnerState.IDLE] * 5
+    + [RunnerState.CREATING, RunnerState.BUSY, RunnerState.OFFLINE] * 2
+    + [RunnerState.DONE, RunnerState.DELETING, RunnerState.FAILED, RunnerState.ORPHAN]
+)
 RUNNER_FIELDS = st.tuples(
     st.sampled_from([True, True, True, False]),  # registered
     OWNER,
@@ -57,8 +59,15 @@ RUNNER_FIELDS = st.tuples(
     st.none() | AGE,  # offline for
 )
 HEALTHY_IDLE_FIELDS = st.tuples(
-    st.just(True), OWNER, st.just(RunnerState.IDLE), AGE, st.just("online"),
-    st.just(False), st.just(True), st.just(False), st.none(),
+    st.just(True),
+    OWNER,
+    st.just(RunnerState.IDLE),
+    AGE,
+    st.just("online"),
+    st.just(False),
+    st.just(True),
+    st.just(False),
+    st.none(),
 )
 ANY_RUNNER_FIELDS = HEALTHY_IDLE_FIELDS | RUNNER_FIELDS
 SKIP_DEMAND = st.integers(0, 9)
@@ -89,7 +98,9 @@ def make_group(draw: st.DrawFn, index: int) -> RunnerGroup:
 
 
 def make_runner(draw: st.DrawFn, group_names: st.SearchStrategy[str], index: int) -> ObservedRunner:
-    registered, owner, state, age, status, gh_busy, exists, unfinished, offline_for = draw(ANY_RUNNER_FIELDS)
+    registered, owner, state, age, status, gh_busy, exists, unfinished, offline_for = draw(
+        ANY_RUNNER_FIELDS
+    )
     return ObservedRunner(
         name=f"r{index}",
         group=draw(group_names),
@@ -171,7 +182,9 @@ def apply(inp: PlanInput, result: Plan) -> PlanInput:
         for c in result.creates
         for i in range(c.count)
     ]
-    return dataclasses.replace(inp, runners=kept + created, orphan_instances=[], orphan_github_runners=[])
+    return dataclasses.replace(
+        inp, runners=kept + created, orphan_instances=[], orphan_github_runners=[]
+    )
 
 
 def demand_of(inp: PlanInput, name: str) -> GroupDemand | None:
@@ -221,7 +234,10 @@ def check_caps(inp: PlanInput, result: Plan) -> None:
         assert len(after) + inp.total_elsewhere <= inp.max_total_runners, "over max_total_runners"
     if inp.per_owner_max_runners:
         for owner in created_owners:
-            assert per_owner[owner] + inp.owner_counts_elsewhere.get(owner, 0) <= inp.per_owner_max_runners
+            assert (
+                per_owner[owner] + inp.owner_counts_elsewhere.get(owner, 0)
+                <= inp.per_owner_max_runners
+            )
     for create in result.creates:
         demand = demand_of(inp, create.group)
         assert demand is not None and create.owner in demand.owner_order()
@@ -245,7 +261,10 @@ def check_deletion_preference(inp: PlanInput, result: Plan) -> None:
     assert ranks == sorted(ranks), "deletes not listed in preference order"
     for runner in inp.runners:
         if is_busy(runner) or runner.state in (
-            RunnerState.DONE, RunnerState.DELETING, RunnerState.ORPHAN, RunnerState.FAILED
+            RunnerState.DONE,
+            RunnerState.DELETING,
+            RunnerState.ORPHAN,
+            RunnerState.FAILED,
         ):
             continue
         age = inp.now - runner.created_at
@@ -253,26 +272,36 @@ def check_deletion_preference(inp: PlanInput, result: Plan) -> None:
         if not runner.registered and (age > inp.register_timeout or lost):
             assert reasons.get(runner.name) == "never-registered", runner
         since = runner.offline_since if runner.offline_since is not None else runner.created_at
-        if runner.registered and runner.instance_exists and _offline(runner) and inp.now - since > inp.offline_timeout:
+        if (
+            runner.registered
+            and runner.instance_exists
+            and _offline(runner)
+            and inp.now - since > inp.offline_timeout
+        ):
             assert reasons.get(runner.name) == "offline", runner
     for demand in inp.demands:
         if demand.quantity is None and any(demand.pending_by_owner.values()):
             continue  # an owner's pending jobs may protect an older runner
         candidates = [
-            r for r in inp.runners
-            if r.group == demand.group.name and r.registered and not is_busy(r)
+            r
+            for r in inp.runners
+            if r.group == demand.group.name
+            and r.registered
+            and not is_busy(r)
             and reasons.get(r.name, "idle-surplus") == "idle-surplus"
         ]
         trimmed = [r for r in candidates if r.name in reasons]
         kept = [r for r in candidates if r.name not in reasons]
         if any(not _offline(r) for r in trimmed):
-            assert not [r for r in kept if _offline(r)], "an idle runner trimmed before an offline one"
+            assert not [r for r in kept if _offline(r)], (
+                "an idle runner trimmed before an offline one"
+            )
         trimmed_idle = [r for r in trimmed if not _offline(r)]
         kept_idle = [r for r in kept if not _offline(r)]
         if trimmed_idle and kept_idle:
-            assert min(r.created_at for r in trimmed_idle) >= max(r.created_at for r in kept_idle), (
-                "an older idle runner trimmed before a newer one"
-            )
+            assert min(r.created_at for r in trimmed_idle) >= max(
+                r.created_at for r in kept_idle
+            ), "an older idle runner trimmed before a newer one"
 
 
 @PROPERTY
@@ -334,7 +363,9 @@ def make_input(runners: list[ObservedRunner], *demands: GroupDemand, **kw: objec
         "flush": "none",
     }
     fields.update(kw)
-    return PlanInput(demands=list(demands) or [GroupDemand(GROUP, 0, None)], runners=runners, **fields)  # type: ignore[arg-type]
+    return PlanInput(
+        demands=list(demands) or [GroupDemand(GROUP, 0, None)], runners=runners, **fields
+    )  # type: ignore[arg-type]
 
 
 def test_preference_never_registered_then_offline_then_idle_newest_first() -> None:
@@ -343,10 +374,22 @@ def test_preference_never_registered_then_offline_then_idle_newest_first() -> No
             runner("idle-old", 1000),
             runner("busy", 10, state=RunnerState.BUSY, github_busy=True),
             runner("idle-new", 20),
-            runner("unregistered-old", 400, state=RunnerState.CREATING, registered=False, github_status=None),
+            runner(
+                "unregistered-old",
+                400,
+                state=RunnerState.CREATING,
+                registered=False,
+                github_status=None,
+            ),
             runner("idle-newest", 5),
             runner("offline-old", 500, state=RunnerState.OFFLINE, github_status="offline"),
-            runner("creating-young", 30, state=RunnerState.CREATING, registered=False, github_status=None),
+            runner(
+                "creating-young",
+                30,
+                state=RunnerState.CREATING,
+                registered=False,
+                github_status=None,
+            ),
         ],
         GroupDemand(GROUP, pending_jobs=0, quantity=2),
     )
@@ -395,7 +438,13 @@ def test_vanished_and_done_runners_are_removed() -> None:
             runner("done", 50, state=RunnerState.DONE),
             runner("done-but-busy", 50, state=RunnerState.DONE, job_unfinished=True),
             runner("failed", 5, state=RunnerState.FAILED, registered=False),
-            runner("record-first", 5, state=RunnerState.CREATING, registered=False, instance_exists=False),
+            runner(
+                "record-first",
+                5,
+                state=RunnerState.CREATING,
+                registered=False,
+                instance_exists=False,
+            ),
         ],
         GroupDemand(GROUP, quantity=1),
     )
@@ -412,7 +461,9 @@ def test_vanished_and_done_runners_are_removed() -> None:
 def test_offline_timeout_counts_from_offline_since() -> None:
     inp = make_input(
         [
-            runner("long-lived-just-offline", 5000, github_status="offline", offline_since=NOW - 10),
+            runner(
+                "long-lived-just-offline", 5000, github_status="offline", offline_since=NOW - 10
+            ),
             runner("offline-long", 5000, github_status="offline", offline_since=NOW - 500),
             runner("not-listed", 5000, github_status=None),
         ],
@@ -448,20 +499,31 @@ def test_orphans_pass_through() -> None:
 
 def test_runners_of_retired_groups_go_unless_busy() -> None:
     inp = make_input(
-        [runner("old-idle", 10, group="retired"), runner("old-busy", 10, group="retired", github_busy=True)],
+        [
+            runner("old-idle", 10, group="retired"),
+            runner("old-busy", 10, group="retired", github_busy=True),
+        ],
         GroupDemand(GROUP, quantity=0),
     )
     assert [(d.name, d.reason) for d in plan(inp).deletes] == [("old-idle", "idle-surplus")]
 
 
 def test_caps_total_and_per_owner() -> None:
-    group = RunnerGroup(name="small", max_runners=10, paths=[GitHubPath.parse("acme"), GitHubPath.parse("other")])
+    group = RunnerGroup(
+        name="small", max_runners=10, paths=[GitHubPath.parse("acme"), GitHubPath.parse("other")]
+    )
     demand = GroupDemand(group, quantity=8)
     # total cap: 3 here + 4 elsewhere, cap 10 → 3 more
-    result = plan(make_input([runner(f"r{i}", 10) for i in range(3)], demand, max_total_runners=10, total_elsewhere=4))
+    result = plan(
+        make_input(
+            [runner(f"r{i}", 10) for i in range(3)], demand, max_total_runners=10, total_elsewhere=4
+        )
+    )
     assert sum(c.count for c in result.creates) == 3
     # per-owner cap 4, acme has 3 elsewhere: acme gets 1, other gets the rest up to 4
-    result = plan(make_input([], demand, per_owner_max_runners=4, owner_counts_elsewhere={"acme": 3}))
+    result = plan(
+        make_input([], demand, per_owner_max_runners=4, owner_counts_elsewhere={"acme": 3})
+    )
     assert {c.owner: c.count for c in result.creates} == {"acme": 1, "other": 4}
 
 
@@ -472,7 +534,9 @@ def test_pool_is_spread_over_owners() -> None:
 
 
 def test_pending_jobs_of_an_owner_get_that_owners_runner() -> None:
-    group = RunnerGroup(name="small", min_idle=0, paths=[GitHubPath.parse("acme"), GitHubPath.parse("other")])
+    group = RunnerGroup(
+        name="small", min_idle=0, paths=[GitHubPath.parse("acme"), GitHubPath.parse("other")]
+    )
     inp = make_input(
         [runner("acme-idle", 10, owner="acme")],
         GroupDemand(group, pending_jobs=1, pending_by_owner={"other": 1}),
@@ -484,6 +548,6 @@ def test_pending_jobs_of_an_owner_get_that_owners_runner() -> None:
 
 
 def test_owner_order_needs_an_owner() -> None:
-    with pytest.raises(ValueError, match="GroupDemand.owners is empty"):
+    with pytest.raises(ValueError, match=r"GroupDemand.owners is empty"):
         plan(make_input([], GroupDemand(RunnerGroup(name="x"), quantity=1)))
     assert GroupDemand(RunnerGroup(name="x"), owners=("b", "a", "b")).owner_order() == ["b", "a"]

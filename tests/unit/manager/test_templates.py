@@ -40,7 +40,9 @@ def config(**extra: Any) -> ManagerConfig:
         "github": {"paths": ["acme", "acme-labs/app"], "token": TOKEN},
         "webhook": {"secret": HOOK_SECRET},
         "denylist": ["10.0.0.0/8", "fd00::/8"],
-        "runner_groups": [{"name": "large", "labels": ["large"], "backends": ["openstack", "lxd"], "cpu": 8}],
+        "runner_groups": [
+            {"name": "large", "labels": ["large"], "backends": ["openstack", "lxd"], "cpu": 8}
+        ],
         "backends": {"openstack": {"cloud": "mycloud", "password": CLOUD_PASSWORD}},
     }
     data.update(extra)
@@ -105,7 +107,10 @@ def test_user_data_is_cloud_config_with_the_jit_config_only() -> None:
     script = files["/usr/local/bin/start-runner.sh"]["content"]
     assert script == render_start_script(context())
     assert JIT not in script  # the script reads the JIT config at run time
-    assert "ExecStart=/usr/local/bin/start-runner.sh" in files["/etc/systemd/system/github-runner.service"]["content"]
+    assert (
+        "ExecStart=/usr/local/bin/start-runner.sh"
+        in files["/etc/systemd/system/github-runner.service"]["content"]
+    )
     assert ["systemctl", "start", "--no-block", "github-runner.service"] in data["runcmd"]
 
 
@@ -133,8 +138,13 @@ def test_operator_override_wins_per_file(tmp_path: Path) -> None:
     assert text.startswith("#cloud-config\n# custom for ghr-large-x1y2 size 16000 4\n")
     assert "#!/bin/sh" in text  # the start script not overridden: the default is used
     # explicit templates_dir argument; a template only the operator has
-    (tmp_path / "instance-spec.yaml.j2").write_text("name: {{ RUN.RUNNER_NAME }}\nflavor: {{ SETTINGS.backend_settings.cloud }}\n")
-    assert render("instance-spec.yaml", context(), templates_dir=tmp_path) == "name: ghr-large-x1y2\nflavor: mycloud\n"
+    (tmp_path / "instance-spec.yaml.j2").write_text(
+        "name: {{ RUN.RUNNER_NAME }}\nflavor: {{ SETTINGS.backend_settings.cloud }}\n"
+    )
+    assert (
+        render("instance-spec.yaml", context(), templates_dir=tmp_path)
+        == "name: ghr-large-x1y2\nflavor: mycloud\n"
+    )
     with pytest.raises(jinja2.TemplateNotFound):
         render("instance-spec.yaml", context())
 
@@ -164,7 +174,9 @@ def runner_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "actions-runner"
     directory.mkdir()
     run = directory / "run.sh"
-    run.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/args"\nid -un > "$(dirname "$0")/user"\nexit "${FAKE_EXIT:-0}"\n')
+    run.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/args"\nid -un > "$(dirname "$0")/user"\nexit "${FAKE_EXIT:-0}"\n'
+    )
     run.chmod(run.stat().st_mode | stat.S_IEXEC)
     return directory
 
@@ -193,7 +205,9 @@ def safe_path(tmp_path: Path) -> str:
     return str(bin_dir)
 
 
-def run_script(tmp_path: Path, runner_dir: Path, env: dict[str, str], *, denylist: bool = False) -> subprocess.CompletedProcess[str]:
+def run_script(
+    tmp_path: Path, runner_dir: Path, env: dict[str, str], *, denylist: bool = False
+) -> subprocess.CompletedProcess[str]:
     cfg = config() if denylist else config(denylist=[])
     script = tmp_path / "start-runner.sh"
     script.write_text(render_start_script(context(cfg)))
@@ -205,7 +219,14 @@ def run_script(tmp_path: Path, runner_dir: Path, env: dict[str, str], *, denylis
         "RUNNER_USER": getpass.getuser(),
         "RUNNER_JITCONFIG_FILE": str(tmp_path / "jitconfig"),
     }
-    return subprocess.run(["/bin/sh", str(script)], env=full_env, capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        ["/bin/sh", str(script)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def calls(tmp_path: Path) -> str:
@@ -213,7 +234,9 @@ def calls(tmp_path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def test_start_script_runs_the_runner_from_env_and_stays_up(tmp_path: Path, runner_dir: Path) -> None:
+def test_start_script_runs_the_runner_from_env_and_stays_up(
+    tmp_path: Path, runner_dir: Path
+) -> None:
     result = run_script(tmp_path, runner_dir, {"RUNNER_JITCONFIG": JIT, "RUNNER_NO_POWEROFF": "1"})
     assert result.returncode == 0, result.stderr
     assert (runner_dir / "args").read_text().split() == ["--jitconfig", JIT]
@@ -225,7 +248,9 @@ def test_start_script_runs_the_runner_from_env_and_stays_up(tmp_path: Path, runn
 
 def test_start_script_prefers_the_file_and_removes_it(tmp_path: Path, runner_dir: Path) -> None:
     (tmp_path / "jitconfig").write_text("from-file\n")
-    result = run_script(tmp_path, runner_dir, {"RUNNER_JITCONFIG": "from-env", "RUNNER_NO_POWEROFF": "1"})
+    result = run_script(
+        tmp_path, runner_dir, {"RUNNER_JITCONFIG": "from-env", "RUNNER_NO_POWEROFF": "1"}
+    )
     assert result.returncode == 0, result.stderr
     assert (runner_dir / "args").read_text().split() == ["--jitconfig", "from-file"]
     assert not (tmp_path / "jitconfig").exists()
@@ -238,7 +263,9 @@ def test_start_script_powers_off_when_the_runner_exits(tmp_path: Path, runner_di
     assert calls(tmp_path).split()[-1] == "poweroff"
 
 
-def test_start_script_without_jit_config_fails_and_powers_off(tmp_path: Path, runner_dir: Path) -> None:
+def test_start_script_without_jit_config_fails_and_powers_off(
+    tmp_path: Path, runner_dir: Path
+) -> None:
     result = run_script(tmp_path, runner_dir, {})
     assert result.returncode == 1
     assert "no JIT config" in result.stderr
@@ -246,7 +273,9 @@ def test_start_script_without_jit_config_fails_and_powers_off(tmp_path: Path, ru
     assert "poweroff" in calls(tmp_path)
 
 
-def test_start_script_refuses_jobs_when_the_denylist_cannot_be_installed(tmp_path: Path, runner_dir: Path) -> None:
+def test_start_script_refuses_jobs_when_the_denylist_cannot_be_installed(
+    tmp_path: Path, runner_dir: Path
+) -> None:
     env = {"RUNNER_JITCONFIG": JIT, "RUNNER_NO_POWEROFF": "1"}
     result = run_script(tmp_path, runner_dir, env, denylist=True)  # no nft on the safe PATH
     assert result.returncode == 1
@@ -267,5 +296,7 @@ def test_denylist_ruleset_is_valid_nft(tmp_path: Path) -> None:
     ruleset = text.split("<<'NFT'\n", 1)[1].split("\nNFT\n", 1)[0]
     rules = tmp_path / "rules.nft"
     rules.write_text(ruleset + "\n")
-    check = subprocess.run([nft, "-c", "-f", str(rules)], capture_output=True, text=True, timeout=30, check=False)
+    check = subprocess.run(
+        [nft, "-c", "-f", str(rules)], capture_output=True, text=True, timeout=30, check=False
+    )
     assert check.returncode == 0, check.stderr
