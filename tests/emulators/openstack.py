@@ -34,6 +34,18 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 REGION = "RegionOne"
+#: Endpoints answered without a token, as Keystone and the version documents are.
+NO_TOKEN = frozenset(
+    {
+        "root",
+        "identity_version",
+        "tokens",
+        "compute_versions",
+        "compute_version",
+        "image_versions",
+        "network_versions",
+    }
+)
 MAX_MICROVERSION = "2.96"
 
 
@@ -42,7 +54,7 @@ class _Quiet(WSGIRequestHandler):
         """No access log on the test output."""
 
 
-class OSError_(HTTPException):
+class NovaError(HTTPException):
     """An error in the shape Nova and Keystone answer with."""
 
     def __init__(self, code: int, kind: str, message: str) -> None:
@@ -165,11 +177,7 @@ class OpenStackEmulator:
         try:
             endpoint, args = self._routes.bind_to_environ(environ).match()
             self.requests.append((request.method, request.full_path.rstrip("?")))
-            if (
-                endpoint not in {"root", "identity_version", "tokens"}
-                and not endpoint.endswith("versions")
-                and endpoint != "compute_version"
-            ):
+            if endpoint not in NO_TOKEN:
                 self._check_token(request)
             method = "get" if request.method == "HEAD" else request.method.lower()
             with self._lock:
@@ -183,10 +191,10 @@ class OpenStackEmulator:
                     request.headers.get("OpenStack-API-Version") or "compute 2.1"
                 )
                 response.headers["Vary"] = "OpenStack-API-Version"
-        except OSError_ as exc:
+        except NovaError as exc:
             response = exc.get_response()
         except HTTPException as exc:
-            response = OSError_(
+            response = NovaError(
                 exc.code or 500,
                 "itemNotFound" if exc.code == 404 else "badRequest",
                 exc.description or "",
@@ -195,7 +203,7 @@ class OpenStackEmulator:
 
     def _check_token(self, request: Request) -> None:
         if request.headers.get("X-Auth-Token", "") not in self._tokens:
-            raise OSError_(401, "error", "The request you have made requires authentication.")
+            raise NovaError(401, "error", "The request you have made requires authentication.")
 
     # ------------------------------------------------------------------ keystone
     def _root_get(self, request: Request) -> dict[str, Any]:
@@ -246,14 +254,12 @@ class OpenStackEmulator:
             auth = json.loads(request.get_data() or b"{}")["auth"]
             user = auth["identity"]["password"]["user"]
         except (ValueError, KeyError, TypeError):
-            raise OSError_(
+            raise NovaError(
                 400, "error", "Expecting to find auth.identity.password.user in the request."
             ) from None
         name, password = str(user.get("name", "")), str(user.get("password", ""))
-        if self.users.get(name) != password or not secrets.compare_digest(
-            self.users.get(name, ""), password
-        ):
-            raise OSError_(401, "error", "The request you have made requires authentication.")
+        if name not in self.users or not secrets.compare_digest(self.users[name], password):
+            raise NovaError(401, "error", "The request you have made requires authentication.")
         token = secrets.token_hex(16)
         self._tokens[token] = name
         issued = _now()
@@ -282,7 +288,7 @@ class OpenStackEmulator:
     def _tokens_get(self, request: Request) -> dict[str, Any]:
         self._check_token(request)
         if request.headers.get("X-Subject-Token", "") not in self._tokens:
-            raise OSError_(404, "error", "Could not find token.")
+            raise NovaError(404, "error", "Could not find token.")
         return {"token": {"methods": ["password"], "catalog": self._catalog()}}
 
     # ------------------------------------------------------------------ nova
@@ -339,17 +345,17 @@ class OpenStackEmulator:
         try:
             body = json.loads(request.get_data() or b"{}")["server"]
         except (ValueError, KeyError, TypeError):
-            raise OSError_(400, "badRequest", "Malformed request body") from None
+            raise NovaError(400, "badRequest", "Malformed request body") from None
         name = body.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
-            raise OSError_(400, "badRequest", "Invalid input for field/attribute name.")
+            raise NovaError(400, "badRequest", "Invalid input for field/attribute name.")
         flavor = self._find(self.flavors, str(body.get("flavorRef", "")), "Flavor")
         image_ref = str(body.get("imageRef", ""))
         if not any(i["id"] == image_ref for i in self.images):
-            raise OSError_(400, "badRequest", f"Image {image_ref} could not be found.")
+            raise NovaError(400, "badRequest", f"Image {image_ref} could not be found.")
         networks = body.get("networks")
         if networks is None:
-            raise OSError_(
+            raise NovaError(
                 400,
                 "badRequest",
                 "Invalid input for field/attribute networks (required since 2.37).",
@@ -357,17 +363,17 @@ class OpenStackEmulator:
         if isinstance(networks, list):
             for net in networks:
                 if not any(n["id"] == net.get("uuid") for n in self.networks):
-                    raise OSError_(
+                    raise NovaError(
                         400, "badRequest", f"Network {net.get('uuid')} could not be found."
                     )
         metadata = body.get("metadata") or {}
         for key, value in metadata.items():
             if not isinstance(value, str) or len(key) > 255 or len(value) > 255:
-                raise OSError_(
+                raise NovaError(
                     400, "badRequest", f"Invalid input for field/attribute metadata: {key}"
                 )
         if self.quota is not None and len(self.servers) >= self.quota:
-            raise OSError_(
+            raise NovaError(
                 403,
                 "forbidden",
                 f"Quota exceeded for instances: Requested 1, but already used {len(self.servers)} of {self.quota} instances",
@@ -460,19 +466,19 @@ class OpenStackEmulator:
     def _server_get(self, request: Request, sid: str) -> dict[str, Any]:
         server = self.servers.get(sid)
         if server is None:
-            raise OSError_(404, "itemNotFound", f"Instance {sid} could not be found.")
+            raise NovaError(404, "itemNotFound", f"Instance {sid} could not be found.")
         return {"server": self._advance(server)}
 
     def _server_delete(self, request: Request, sid: str) -> Response:
         if self.servers.pop(sid, None) is None:
-            raise OSError_(404, "itemNotFound", f"Instance {sid} could not be found.")
+            raise NovaError(404, "itemNotFound", f"Instance {sid} could not be found.")
         return Response(status=204)
 
     def _find(self, items: list[dict[str, Any]], ref: str, kind: str) -> dict[str, Any]:
         for item in items:
             if item["id"] == ref:
                 return item
-        raise OSError_(
+        raise NovaError(
             404 if kind != "Flavor" else 400,
             "itemNotFound" if kind != "Flavor" else "badRequest",
             f"{kind} {ref} could not be found.",
@@ -504,7 +510,7 @@ class OpenStackEmulator:
         for flavor in self.flavors:
             if flavor["id"] == fid:
                 return {"flavor": self._flavor_doc(flavor)}
-        raise OSError_(404, "itemNotFound", f"Flavor {fid} could not be found.")
+        raise NovaError(404, "itemNotFound", f"Flavor {fid} could not be found.")
 
     # ------------------------------------------------------------------ glance / neutron lookups
     def _image_versions_get(self, request: Request) -> dict[str, Any]:
@@ -540,7 +546,7 @@ class OpenStackEmulator:
         for image in self.images:
             if image["id"] == iid:
                 return self._image_doc(image)
-        raise OSError_(404, "itemNotFound", f"No image found with ID {iid}")
+        raise NovaError(404, "itemNotFound", f"No image found with ID {iid}")
 
     def _network_versions_get(self, request: Request) -> dict[str, Any]:
         return {
@@ -574,7 +580,7 @@ class OpenStackEmulator:
         for network in self.networks:
             if network["id"] == nid:
                 return {"network": self._network_doc(network)}
-        raise OSError_(404, "itemNotFound", f"Network {nid} could not be found.")
+        raise NovaError(404, "itemNotFound", f"Network {nid} could not be found.")
 
 
 def start_openstack_emulator(host: str = "127.0.0.1", port: int = 0) -> OpenStackEmulator:

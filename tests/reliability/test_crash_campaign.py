@@ -193,3 +193,59 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
         },
     )  # fmt: skip
     assert not problems, "\n".join(problems) + "\n" + fleet.tails()
+
+
+# ------------------------------------------------------------------------------ focused moments
+def _variant(manager: Manager, **fake: Any) -> Any:
+    """A copy of ``manager``'s config file with other fake-backend settings (same unit, same state)."""
+    import yaml
+
+    data = json.loads(json.dumps(manager.data))
+    data["backends"]["fake"].update(fake)
+    path = manager.directory / f"config-{'-'.join(sorted(fake))}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _popen_cli(config: Any, *args: str) -> Any:
+    import subprocess
+    import sys
+
+    from tests.reliability.harness import cli_env
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "github_runner_manager.cli", "--config", str(config), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("moment", ["delete", "create"])
+def test_sigkill_mid_operation_then_one_reconcile_settles_it(fleet: Fleet, moment: str) -> None:
+    """A process killed inside a backend delete (or create) leaves nothing for longer than one reconcile.
+
+    The delete (create) is made slow (5 s) so the kill lands inside it: the dead process still holds
+    whatever it took (the record's state, the runner's delete lease, a pending instance).
+    """
+    manager = fleet.add("u0", hook=False, reconcile_interval="1h")
+    first = run_cli(manager.config, "reconcile")
+    assert first.returncode == 0, first.stderr
+    wait_for(lambda: any(r["online"] for r in fleet.github_runners().values()), 30, what="runner online")
+    if moment == "delete":
+        slow = _popen_cli(_variant(manager, delete_latency="5s"), "flush")
+        wait_for(lambda: any(d["state"] == "deleting" for d in manager.instances().values()), 30,
+                 interval=0.01, what="a delete in progress")  # fmt: skip
+    else:
+        slow = _popen_cli(_variant(manager, create_latency="5s"), "reconcile", "--quantity", "2")
+        wait_for(lambda: any(d["state"] == "pending" for d in manager.instances().values()), 30,
+                 interval=0.01, what="a create in progress")  # fmt: skip
+    import os
+
+    os.killpg(slow.pid, signal.SIGKILL)
+    slow.wait(10)
+    again = run_cli(manager.config, "--log-level", "info", "reconcile")
+    assert again.returncode == 0, again.stderr
+    problems = fleet.unit_problems(manager) + [f"orphan GitHub runner {n}" for n in fleet.orphan_github_runners()]
+    assert not problems, "\n".join(problems) + "\n" + again.stderr[-4000:]
+    flushed = run_cli(manager.config, "flush", "--busy")
+    assert flushed.returncode == 0, flushed.stderr
+    assert fleet.records() == {} and manager.instances() == {}, (fleet.records(), flushed.stderr[-3000:])

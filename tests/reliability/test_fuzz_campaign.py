@@ -72,30 +72,54 @@ _JUNK = st.one_of(
     st.floats(allow_nan=True),
     st.lists(st.integers(), max_size=3),
 )  # fmt: skip
-_PLAUSIBLE: dict[str, list[Any]] = {
-    "path": ["acme", "acme/app", "enterprise:big", "acme, acme/lib", "bad path!", "a/b/c"],
-    "token": [SECRET_ID, SECRET_VALUE, "", WEBHOOK_ID],
-    "webhook-secret": ["", WEBHOOK_ID, SECRET_VALUE],
-    "virtual-machines": [0, 1, 5, -1],
-    "vm-cpu": [1, 2, 0, 1000],
-    "vm-memory": ["7GiB", "512MiB", "1KiB", "lots"],
-    "vm-disk": ["10GiB", "1GiB", "0"],
-    "labels": ["", "large", "large, gpu", "size=large", "bad label!"],
-    "group": ["default", "big jobs", ""],
-    "reconcile-interval": [1, 10, 0, 100000],
-    "backend": ["lxd", "fake", "aws", "nope"],
-    "backend-config": ["", BACKEND_ID, "{aws: {region: x}}"],
-    "runner-groups": ["", "[{name: small, min-idle: 2, max-runners: 4}]", "- name: a\n  backends: [lxd, aws]",
-                      "[{name: Bad_Name}]", "[1, 2]", "[{name: a, memory: 1MiB}]"],
-    "max-total-runners": [0, 10, -5],
+#: Per option: values that are valid, then values that are not (junk of any type comes on top).
+_VALID: dict[str, list[Any]] = {
+    "path": ["acme", "acme/app", "enterprise:big", "acme, acme/lib"],
+    "token": [SECRET_ID],
+    "webhook-secret": ["", WEBHOOK_ID],
+    "virtual-machines": [0, 1, 5],
+    "vm-cpu": [1, 2, 8],
+    "vm-memory": ["7GiB", "512MiB", "16G"],
+    "vm-disk": ["10GiB", "1GiB"],
+    "labels": ["", "large", "large, gpu"],
+    "group": ["default", "builders"],
+    "reconcile-interval": [1, 10, 1440],
+    "backend": ["lxd", "fake", "docker"],
+    "backend-config": [""],
+    "runner-groups": ["", "[{name: small, min-idle: 2, max-runners: 4}]"],
+    "max-total-runners": [0, 10],
     "per-owner-max-runners": [0, 3],
-    "denylist": ["", "10.0.0.0/8", "10.0.0.0/8, fd00::/8", "300.1.1.1/8"],
-    "dockerhub-mirror": ["", "https://mirror.example.com", "ftp://x"],
-    "runner-storage": ["juju-storage", "memory", "disk"],
-    "base-image": ["debian:bookworm", "ubuntu:noble", "arch:latest"],
-    "image-build-interval": [0, 6, 721],
-    "redis-url": ["", "redis://10.0.0.5:6379/0", f"rediss://:{SECRET_VALUE}@redis.example:6380/1", "http://x"],
+    "denylist": ["", "10.0.0.0/8", "10.0.0.0/8, fd00::/8"],
+    "dockerhub-mirror": ["", "https://mirror.example.com"],
+    "runner-storage": ["juju-storage", "memory"],
+    "base-image": ["debian:bookworm", "ubuntu:noble"],
+    "image-build-interval": [0, 6, 720],
+    "redis-url": ["", "redis://10.0.0.5:6379/0", f"rediss://:{SECRET_VALUE}@redis.example:6380/1"],
     "test-mode": [False, True],
+}
+_INVALID: dict[str, list[Any]] = {
+    "path": ["", "bad path!", "a/b/c", "enterprise:"],
+    "token": [SECRET_VALUE, "", WEBHOOK_ID + "x", "secret:" + "z" * 20],
+    "webhook-secret": [SECRET_VALUE, "secret:nope"],
+    "virtual-machines": [-1, 10**12],
+    "vm-cpu": [0, -2],
+    "vm-memory": ["1KiB", "lots", "-1G"],
+    "vm-disk": ["0", "1MiB"],
+    "labels": ["bad label!", ",,,", "x" * 200],
+    "group": ["", "a" * 300],
+    "reconcile-interval": [0, 100000],
+    "backend": ["nope", "LXD"],
+    "backend-config": [BACKEND_ID, "{aws: {region: x}}", "secret:" + "d" * 20],
+    "runner-groups": ["- name: a\n  backends: [lxd, aws]", "[{name: Bad_Name}]", "[1, 2]", "[{name: a, memory: 1MiB}]", "[", "{a: 1}"],
+    "max-total-runners": [-5],
+    "per-owner-max-runners": [-1],
+    "denylist": ["300.1.1.1/8", "10.0.0.0/33", "x"],
+    "dockerhub-mirror": ["ftp://x", "not a url"],
+    "runner-storage": ["disk"],
+    "base-image": ["arch:latest", "debian"],
+    "image-build-interval": [721, -1],
+    "redis-url": ["http://x", "redis://", "redis://:pw@[::1"],
+    "test-mode": ["yes"],
 }  # fmt: skip
 
 
@@ -110,13 +134,19 @@ def _read_secret(contents: dict[str, dict[str, Any]]) -> Any:
 
 @st.composite
 def charm_configs(draw: st.DrawFn) -> dict[str, Any]:
-    config: dict[str, Any] = {}
+    """Mostly valid configs with a few options wrong (a wrong value, or junk of any type)."""
+    config: dict[str, Any] = {"path": draw(st.sampled_from(_VALID["path"])), "token": SECRET_ID}
     for option in OPTIONS:
-        roll = draw(st.integers(0, 7))
-        if roll == 0:
+        roll = draw(st.integers(0, 39))
+        if roll < 30:
             continue
-        config[option] = draw(_JUNK) if roll == 1 else draw(st.sampled_from(_PLAUSIBLE[option]))
-    if draw(st.integers(0, 9)) == 0:
+        if roll < 37:
+            config[option] = draw(st.sampled_from(_VALID[option]))
+        elif roll < 39:
+            config[option] = draw(st.sampled_from(_INVALID[option]))
+        else:
+            config[option] = draw(_JUNK)
+    if draw(st.integers(0, 19)) == 0:
         config[draw(st.text(min_size=1, max_size=10))] = draw(_JUNK)
     return config
 

@@ -7,8 +7,9 @@ planner benchmarks and the charm tests use.
 ``mode: local`` makes each instance a real local process: the runner application (the tarball the
 manager's runner-binary cache downloaded, or an extracted directory given as ``runner_dir``) is
 extracted once, mirrored per instance (its own directory, files symlinked, so each runner has its own
-work folder) and started as ``sh run.sh --jitconfig <jit>`` in its own session with ``RUNNER_NAME``
-set, so a job really runs end to end without containers. The process *is* the instance: RUNNING while it is alive, STOPPED once it
+work folder) and started as ``sh run.sh`` in its own session with ``RUNNER_NAME`` and the JIT config
+in ``ACTIONS_RUNNER_INPUT_JITCONFIG`` (the runner's equivalent of ``--jitconfig``, kept out of the
+process arguments), so a job really runs end to end without containers. The process *is* the instance: RUNNING while it is alive, STOPPED once it
 exited (an ephemeral runner exits after its one job). ``delete`` kills the whole process group.
 
 With ``state_file`` set, every instance is written to a JSON file (atomically, under a file lock) so a
@@ -57,6 +58,8 @@ from github_runner_manager.units import parse_duration
 
 logger = logging.getLogger(__name__)
 
+#: The runner reads its JIT config from this variable when ``--jitconfig`` is not given.
+JIT_ENV = "ACTIONS_RUNNER_INPUT_JITCONFIG"
 #: Seconds a killed process group gets between SIGTERM and SIGKILL.
 _KILL_GRACE = 2.0
 
@@ -427,10 +430,13 @@ class FakeBackend(Backend):
         }
         env["RUNNER_NAME"] = spec.name
         env["RUNNER_WORKDIR"] = str(workdir)
+        # the runner's documented input variable, equivalent to `run.sh --jitconfig X` but keeping
+        # the secret out of the process arguments (`ps` shows those to every user)
+        env[JIT_ENV] = spec.jit_config
         sh = shutil.which("sh") or "/bin/sh"
         with open(workdir / "runner.log", "ab") as log:
             child = subprocess.Popen(
-                [sh, str(workdir / "run.sh"), "--jitconfig", spec.jit_config],
+                [sh, str(workdir / "run.sh")],
                 cwd=str(workdir),
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -34,10 +34,10 @@ RUN_SH = textwrap.dedent(
     """\
     #!/bin/sh
     # a stand-in runner: record who we are, start a grandchild, then wait or exit
-    echo "$RUNNER_NAME $2" > "$RUNNER_WORKDIR/started"
+    echo "$RUNNER_NAME $ACTIONS_RUNNER_INPUT_JITCONFIG" > "$RUNNER_WORKDIR/started"
     sleep 300 &
     echo $! > "$RUNNER_WORKDIR/grandchild"
-    if [ "$2" = "exit-now" ]; then exit 0; fi
+    if [ "$ACTIONS_RUNNER_INPUT_JITCONFIG" = "exit-now" ]; then exit 0; fi
     wait
     """
 )
@@ -107,6 +107,8 @@ def test_instance_is_a_process_and_delete_kills_its_group(backend, tmp_path: Pat
         10, what="runner started",
     )  # fmt: skip
     assert (workdir / "started").read_text().split() == ["ghr-small-aaaaaa", "wait"]
+    # the JIT config reaches the runner, but not through its arguments (visible in `ps`)
+    assert b"wait" not in Path(f"/proc/{inst.extra['pid']}/cmdline").read_bytes()
     grandchild = int((workdir / "grandchild").read_text())
     assert _pid_alive(inst.extra["pid"]) and _pid_alive(grandchild)
     b.delete("ghr-small-aaaaaa")

@@ -157,13 +157,15 @@ def test_missing_image_blocks_and_build_image_still_runs(
         "runner image github-runner-debian-bookworm is missing (the mirror is unreachable); "
         "fix the cause, then run the build-image action"
     )
-    # build-image is the remedy, so it is not refused; other actions are
-    ctx.run(ctx.on.action("build-image"), make_state({"backend": "lxd"}))
-    assert ctx.action_results is not None and "image" in ctx.action_results
+    # actions are refused while it is missing, except dump-config and build-image (the remedy)
     with pytest.raises(testing.ActionFailed, match="runner image .* is missing"):
         ctx.run(ctx.on.action("reconcile-runners"), make_state({"backend": "lxd"}))
     ctx.run(ctx.on.action("dump-config"), make_state({"backend": "lxd"}))
     assert ctx.action_results is not None and "config" in ctx.action_results
+    ctx.run(ctx.on.action("build-image"), make_state({"backend": "lxd"}))
+    assert ctx.action_results is not None and "image" in ctx.action_results
+    out = ctx.run(ctx.on.update_status(), make_state({"backend": "lxd"}))
+    assert isinstance(out.unit_status, testing.ActiveStatus)  # an image exists now
 
 
 def test_manager_errors_that_pass_show_maintenance(

@@ -24,7 +24,7 @@ from github_runner_manager.planner import (
 NOW = 100_000.0
 OWNERS = ["acme", "acme/app", "other"]
 PROPERTY = settings(
-    max_examples=350, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
