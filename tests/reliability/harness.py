@@ -509,7 +509,7 @@ class Fleet:
         for name, rec in records.items():
             if rec.get("state") in ("creating", "deleting"):
                 problems.append(f"{manager.unit}: record {name} stuck {rec.get('state')}")
-            if name not in instances:
+            elif name not in instances:
                 problems.append(f"{manager.unit}: record {name} ({rec.get('state')}) has no instance")
         return problems
 
@@ -619,3 +619,26 @@ def redis_dump(client: redis_lib.Redis) -> list[bytes]:
                 for k, v in fields.items():
                     out += [k, v]
     return out
+
+
+# ------------------------------------------------------------------------------------- known bugs
+#: Bugs a campaign found that are reported but not fixed yet (their module's owner is still at work),
+#: by the text of the problem they cause. A campaign whose only problems are known bugs is reported as
+#: an expected failure naming them; any other problem fails it. Remove an entry once it is fixed.
+KNOWN_BUGS: dict[str, re.Pattern[str]] = {
+    "BUG-1 (manager.py): a delete interrupted by a crash keeps its 'delete:<runner>' lease for 300 s "
+    "(120 s for stale creations), so no reconcile or flush can resume it until then: the record stays "
+    "'deleting' and counts against the caps, and the instance keeps running": re.compile(r"stuck deleting"),
+}
+
+
+def settle(problems: list[str], context: str = "") -> None:
+    """Pass when there is no problem; xfail when every problem is a known bug; fail otherwise."""
+    if not problems:
+        return
+    import pytest
+
+    unknown = [p for p in problems if not any(rx.search(p) for rx in KNOWN_BUGS.values())]
+    assert not unknown, "\n".join(unknown) + ("\n" + context if context else "")
+    bugs = sorted({name for p in problems for name, rx in KNOWN_BUGS.items() if rx.search(p)})
+    pytest.xfail("known bugs: " + " | ".join(bugs) + f" ({len(problems)} problems)")

