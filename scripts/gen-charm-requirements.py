@@ -20,7 +20,6 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import tomllib
-
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +101,9 @@ def main() -> int:
         current = target.read_text() if target.exists() else ""
         if current != text:
             sys.stdout.writelines(
-                difflib.unified_diff(current.splitlines(True), text.splitlines(True), "requirements.txt", "generated")
+                difflib.unified_diff(
+                    current.splitlines(True), text.splitlines(True), "requirements.txt", "generated"
+                )
             )
             return 1
         return 0

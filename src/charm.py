@@ -63,6 +63,7 @@ class GithubRunnerCharm(ops.CharmBase):
         self._removing = False
 
         for event in (
+            self.on.install,
             self.on.start,
             self.on.config_changed,
             self.on.update_status,
@@ -73,7 +74,6 @@ class GithubRunnerCharm(ops.CharmBase):
             self.on.redis_relation_broken,
         ):
             framework.observe(event, self._on_state_changed)
-        framework.observe(self.on.install, self._on_install)
         framework.observe(self.on.upgrade_charm, self._on_upgrade_charm)
         framework.observe(self.on.stop, self._on_stop)
         framework.observe(self.on.remove, self._on_stop)
@@ -90,7 +90,7 @@ class GithubRunnerCharm(ops.CharmBase):
 
     # -- the one place that acts ------------------------------------------------------------------
 
-    def _reconcile(self, *, report_progress: bool = False) -> CharmState | None:
+    def _reconcile(self) -> CharmState | None:
         """Bring the manager in line with what the operator configured.
 
         Invalid config leaves the manager as it was (nothing is deleted) and is reported by the
@@ -108,7 +108,7 @@ class GithubRunnerCharm(ops.CharmBase):
         self._open_ports(state)
         self._manager_error = None
         try:
-            self._manager.apply(state, self._progress if report_progress else None)
+            self._manager.apply(state, self._progress)
         except ManagerError as err:
             logger.warning("the runner manager could not apply the configuration: %s", err)
             self._manager_error = err
@@ -182,9 +182,6 @@ class GithubRunnerCharm(ops.CharmBase):
     def _on_state_changed(self, _: ops.EventBase) -> None:
         self._reconcile()
 
-    def _on_install(self, _: ops.InstallEvent) -> None:
-        self._reconcile(report_progress=True)
-
     def _on_upgrade_charm(self, _: ops.UpgradeCharmEvent) -> None:
         state = self._usable_state()
         self._update_cos()
@@ -202,7 +199,8 @@ class GithubRunnerCharm(ops.CharmBase):
         logger.info("unit going away: removed %d runners", removed)
 
     def _on_cos_agent(self, _: ops.RelationEvent) -> None:
-        self._update_cos()
+        if self._reconcile() is None:  # the data goes out whatever the config
+            self._update_cos()
 
     def _on_collect_unit_status(self, event: ops.CollectStatusEvent) -> None:
         if self._removing:

@@ -687,7 +687,8 @@ class RealManager:
             self.python, "-m", "github_runner_manager.cli",
             "--config", str(self.layout.config_file), "run",
         ]  # fmt: skip
-        return command, {"PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        env = {"PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **charm_service.proxy_environment()}
+        return command, env
 
     # -- steps of apply ---------------------------------------------------------------------------
 
@@ -876,7 +877,7 @@ class RealManager:
             image.remove_schedule(self.layout.cron_path)
             return
         command = charm_service.image_build_command(
-            self.python, self.layout.config_file, inputs, self.layout.charm_state_file
+            self.python, self.layout.config_file, self.layout.charm_state_file
         )
         _, env = self._service_command()
         image.schedule_build_runner_image(
@@ -968,8 +969,8 @@ class RealManager:
             say("removing idle runners before the upgrade")
             self._flush_with(current, flush_busy=False, why="charm upgrade")
         if state is not None:
-            self.apply(state, say)
-        if self._current_mapping() is not None:
+            self.apply(state, say)  # starts the stopped service with the new code
+        elif current is not None:
             command, env = self._service_command()
             with self._errors():
                 self.service.install(command, env)

@@ -278,7 +278,11 @@ def ensure_lxd(pool_dir: Path, run: CommandRunner = run_command) -> bool:
             apt_install(["lxd", "nftables"], run)
     run(["lxd", "waitready", "--timeout", "120"], timeout=150)
     pools = run(["lxc", "query", "/1.0/storage-pools"], timeout=60)
-    if json.loads(pools.stdout or "[]"):
+    try:
+        initialised = bool(json.loads(pools.stdout or "[]"))
+    except ValueError:
+        initialised = False
+    if initialised:
         return False
     pool_dir.mkdir(parents=True, exist_ok=True)
     run(["lxd", "init", "--preseed"], input_text=LXD_PRESEED % {"pool_dir": pool_dir}, timeout=300)
@@ -343,8 +347,14 @@ class SystemdService:
         """The unit file's path."""
         return self.layout.unit_dir / f"{self.name}.service"
 
+    @property
+    def env_file(self) -> Path:
+        """The service's environment (mode 0600: a proxy URL may carry credentials)."""
+        return self.layout.base_dir / f"{self.name}.env"
+
     def render(self, command: Sequence[str], env: Mapping[str, str]) -> str:
-        """The unit file's text."""
+        """The unit file's text (the environment goes to `env_file`)."""
+        del env
         after = " ".join(("network-online.target", *self.after))
         lines = [
             "# Written by the github-runner charm; changes are overwritten.",
@@ -356,7 +366,7 @@ class SystemdService:
             "[Service]",
             "Type=simple",
             f"ExecStart={shlex.join(command)}",
-            *(f"Environment={shlex.quote(f'{key}={value}')}" for key, value in sorted(env.items())),
+            f"EnvironmentFile={self.env_file}",
             "Restart=always",
             "RestartSec=5",
             "KillMode=process",
@@ -372,7 +382,11 @@ class SystemdService:
 
     def install(self, command: Sequence[str], env: Mapping[str, str]) -> bool:
         self.layout.log_dir.mkdir(parents=True, exist_ok=True)
-        changed = write_private_file(self.unit_file, self.render(command, env), mode=0o644)
+        lines = "".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+        changed = write_private_file(self.env_file, lines)
+        changed = (
+            write_private_file(self.unit_file, self.render(command, env), mode=0o644) or changed
+        )
         if changed:
             self.run(["systemctl", "daemon-reload"])
             self.run(["systemctl", "enable", f"{self.name}.service"])
@@ -395,9 +409,29 @@ class SystemdService:
         self.run(
             ["systemctl", "disable", "--now", f"{self.name}.service"], check=False, timeout=120
         )
+        self.env_file.unlink(missing_ok=True)
         if self.unit_file.exists():
             self.unit_file.unlink()
             self.run(["systemctl", "daemon-reload"], check=False)
+
+
+#: What a supervised service inherits from the hook's environment (the rest comes from its spec).
+_INHERITED_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"})
+
+
+def proxy_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The model's proxy settings (`JUJU_CHARM_HTTP_PROXY`, ...) as the usual variables."""
+    environ = os.environ if environ is None else environ
+    env: dict[str, str] = {}
+    for juju, name in (
+        ("JUJU_CHARM_HTTP_PROXY", "http_proxy"),
+        ("JUJU_CHARM_HTTPS_PROXY", "https_proxy"),
+        ("JUJU_CHARM_NO_PROXY", "no_proxy"),
+    ):
+        value = environ.get(juju, "")
+        if value:
+            env[name] = env[name.upper()] = value
+    return env
 
 
 class SupervisedProcess:
@@ -440,7 +474,7 @@ class SupervisedProcess:
         pidfile.unlink(missing_ok=True)
         log = self.layout.log_file(self.name)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **spec["env"]}
+        env = {k: v for k, v in os.environ.items() if k in _INHERITED_ENV} | spec["env"]
         argv = [
             self.python, str(Path(__file__).resolve()), "supervise",
             "--pidfile", str(pidfile), "--log", str(log), "--name", self.name,
@@ -694,22 +728,16 @@ def remove_images(image_name: str, state_dir: Path, run: CommandRunner = run_com
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def image_build_command(
-    python: str, config_file: Path, inputs: ImageInputs, state_file: Path
-) -> list[str]:
-    """What the rebuild cron entry runs: this script's `build-image` with the charm's inputs."""
-    command = [
+def image_build_command(python: str, config_file: Path, state_file: Path) -> list[str]:
+    """What the rebuild cron entry runs: this script's `build-image`.
+
+    The image inputs (base image, Docker Hub mirror, backends) are read from the charm's state
+    file, mode 0600: the mirror URL may carry credentials, which must not be in a command line.
+    """
+    return [
         python, str(Path(__file__).resolve()), "build-image",
-        "--config", str(config_file), "--base-image", inputs.base_image,
-        "--image", inputs.image, "--state-file", str(state_file),
+        "--config", str(config_file), "--state-file", str(state_file),
     ]  # fmt: skip
-    if inputs.dockerhub_mirror:
-        command += ["--dockerhub-mirror", inputs.dockerhub_mirror]
-    if inputs.lxd:
-        command.append("--lxd")
-    if inputs.docker:
-        command.append("--docker")
-    return command
 
 
 def _build_image_main(args: argparse.Namespace) -> int:
@@ -717,6 +745,11 @@ def _build_image_main(args: argparse.Namespace) -> int:
     from github_runner_manager.github import GitHubClient
     from github_runner_manager.runner_binary import RunnerBinaryCache
 
+    saved = read_json(args.state_file).get("image_inputs")
+    if not isinstance(saved, dict):
+        print("no image inputs recorded: no backend uses the charm's image", file=sys.stderr)
+        return 1
+    inputs = ImageInputs(**saved)
     cfg = load_config(args.config)
     token = cfg.github.resolve_token().get_secret_value()
     github = GitHubClient(cfg.github.url, token, timeout=cfg.github.timeout)
@@ -726,9 +759,8 @@ def _build_image_main(args: argparse.Namespace) -> int:
         assert binary is not None
     finally:
         github.close()
-    inputs = ImageInputs(args.base_image, args.image, args.dockerhub_mirror, args.lxd, args.docker)
     built = build_image(inputs, binary.path, binary.sha256, binary.version, cfg.state_dir)
-    state = read_json(args.state_file)
+    state = read_json(args.state_file)  # again: a hook may have written it meanwhile
     state["image"] = {"key": inputs.key(), "name": built.image, "built_at": time.time()}
     write_private_file(args.state_file, json.dumps(state, indent=1, sort_keys=True) + "\n")
     print(f"image {built.image} built in {built.seconds:.0f}s")
@@ -746,12 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sup.add_argument("argv", nargs=argparse.REMAINDER)
     build = sub.add_parser("build-image", help="rebuild the runner image (the cron entry)")
     build.add_argument("--config", type=Path, required=True)
-    build.add_argument("--base-image", required=True)
-    build.add_argument("--image", required=True)
     build.add_argument("--state-file", type=Path, required=True)
-    build.add_argument("--dockerhub-mirror")
-    build.add_argument("--lxd", action="store_true")
-    build.add_argument("--docker", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "supervise":
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv

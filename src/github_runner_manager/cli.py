@@ -75,15 +75,16 @@ app = typer.Typer(
 def _main(
     ctx: typer.Context,
     config: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--config",
             "-c",
             envvar="GITHUB_RUNNER_MANAGER_CONFIG",
-            help="The manager's YAML config file (see docs; `dumpconfig` shows the effective one).",
+            help="The manager's YAML config file (see docs; `dumpconfig` shows the effective one). "
+            "Required, except by `demo`.",
             show_envvar=True,
         ),
-    ],
+    ] = None,
     log_level: Annotated[
         LogLevel | None,
         typer.Option(
@@ -93,7 +94,11 @@ def _main(
         ),
     ] = None,
 ) -> None:
-    ctx.obj = _Options(config=config, log_level=log_level)
+    if config is None and ctx.invoked_subcommand != "demo":  # the demo brings its own configuration
+        raise click.UsageError(
+            "Missing option '--config' / '-c' (env var: 'GITHUB_RUNNER_MANAGER_CONFIG').", ctx
+        )
+    ctx.obj = _Options(config=config or Path(), log_level=log_level)
 
 
 def _setup_logging(options: _Options, default: LogLevel) -> None:
@@ -266,6 +271,53 @@ def build_image(
         )
     finally:
         manager.close()
+
+
+class DemoBackend(str, Enum):
+    """Backends ``demo`` accepts."""
+
+    auto = "auto"
+    lxd = "lxd"
+    docker = "docker"
+    local = "local"
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-n", min=1, max=500, help="Jobs to queue (two label sets).")
+    ] = 12,
+    backend: Annotated[
+        DemoBackend,
+        typer.Option(help="Where runners run; auto: LXD, else Docker, else local processes."),
+    ] = DemoBackend.auto,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary to this JSON file.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Give up after this many seconds overall (image build included).")
+    ] = 1800.0,
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log-file", help="Keep the manager's log here (default: a temp file, removed)."),
+    ] = None,
+) -> None:
+    """Run the whole system on this machine, no --config needed: a local GitHub emulator, a private Redis,
+    the best backend here (LXD, else Docker, else local processes) and a RunnerManager service; queue jobs
+    over two label sets with real steps, show them live, print a summary and remove everything it started.
+
+    Exit status 0 only when every job completed and no runner is left. Run as root for LXD and Docker;
+    scripts/demo.sh installs and starts those first.
+    """
+    from github_runner_manager.demo import run_demo
+
+    options: _Options = ctx.obj
+    level = (options.log_level or LogLevel.info).value
+    raise typer.Exit(
+        run_demo(jobs=jobs, backend=backend.value, json_path=json_file, timeout=timeout,
+                 log_file=log_file, log_level=level)
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- entry point

@@ -172,6 +172,10 @@ class GroupStatistics:
     github_rate_limit_units: int
     github_not_modified: int
     github_remaining: int | None = None
+    #: this group's runners by the backend they run on (fleet-wide): where fallback put them.
+    backends: dict[str, int] = field(default_factory=dict, hash=False)
+    #: creates each backend refused for capacity or quota, so the next one was tried (fleet totals).
+    backend_capacity_refusals: dict[str, int] = field(default_factory=dict, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (for JSON output and the charm's action results)."""
@@ -1741,8 +1745,19 @@ class RunnerManager:
 
     def statistics(self) -> dict[str, GroupStatistics]:
         """Per group: runners by state (fleet-wide), queued jobs, pickup latency, GitHub calls spent."""
-        counts = self.store.counts()
+        counts: dict[str, dict[str, int]] = {}
+        by_backend: dict[str, dict[str, int]] = {}
+        for rec in self.store.list_runners():  # one read for both (as Store.counts() does)
+            states = counts.setdefault(rec.group, {})
+            states[rec.state.value] = states.get(rec.state.value, 0) + 1
+            backends = by_backend.setdefault(rec.group, {})
+            backends[rec.backend] = backends.get(rec.backend, 0) + 1
         counters = self.store.counters()
+        refusals = {
+            key.removeprefix("backend_capacity_"): value
+            for key, value in sorted(counters.items())
+            if key.startswith("backend_capacity_")
+        }
         budget = self._redis(
             "github budget", lambda: self.store.client.hgetall(f"{self._kp}:github")
         )
@@ -1778,6 +1793,8 @@ class RunnerManager:
                 github_rate_limit_units=counters.get("github_rate_limit_units", 0),
                 github_not_modified=counters.get("github_not_modified", 0),
                 github_remaining=remaining,
+                backends=dict(sorted(by_backend.get(name, {}).items())),
+                backend_capacity_refusals=refusals,
             )
         self.metrics.set_runner_counts(counts)
         return out
@@ -1887,13 +1904,14 @@ def render_statistics(
 
     table = Table(title="runner groups", title_justify="left")
     for column in ("group", "idle", "busy", "creating", "offline", "other", "total/max", "min idle",
-                   "queued jobs", "pickup p50", "pickup p95", "pickups"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "group" else "right")
+                   "queued jobs", "pickup p50", "pickup p95", "pickups", "backends"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("group", "backends") else "right")
     for s in stats.values():
         table.add_row(
             s.group, str(s.idle), str(s.busy), str(s.creating), str(s.offline), str(s.other),
             f"{s.total}/{s.max_runners}", str(s.min_idle), str(s.queued_jobs), secs(s.pickup_p50),
             secs(s.pickup_p95), str(s.pickup_count),
+            ", ".join(f"{name} {n}" for name, n in s.backends.items()) or "-",
         )  # fmt: skip
     buffer = io.StringIO()
     console = Console(file=buffer, width=140, color_system=None, force_terminal=False)
@@ -1905,6 +1923,9 @@ def render_statistics(
             f"GitHub calls spent: {first.github_requests} requests, {first.github_rate_limit_units} "
             f"rate-limit units, {first.github_not_modified} answered 304 (free); remaining budget {remaining}"
         )
+        if first.backend_capacity_refusals:
+            refusals = ", ".join(f"{k} {v}" for k, v in first.backend_capacity_refusals.items())
+            console.print(f"creates refused for capacity (the next backend was tried): {refusals}")
     if counters:
         unmatched, refused = counters.get("jobs_unmatched", 0), counters.get("jobs_refused", 0)
         failures = counters.get("runner_create_failures", 0)

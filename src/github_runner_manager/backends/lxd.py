@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 # A missing pylxd surfaces as ModuleNotFoundError, which the registry turns into MissingDependencyError.
 import pylxd
 import requests
+import tenacity
 from pydantic import field_validator, model_validator
 from pylxd import exceptions as lxd_exceptions
 from pylxd.client import LXDSSLAdapter
@@ -149,6 +150,11 @@ class _PinnedVerifySession(requests.Session):
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         settings["verify"] = self.verify
         return settings
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """LXD refused because another operation (e.g. the instance's own stop) is running."""
+    return isinstance(exc, BackendError) and "busy" in str(exc).lower()
 
 
 def _tag_to_key(tag: str) -> str:
@@ -424,31 +430,39 @@ class LXDBackend(Backend):
         return found
 
     def delete(self, name: str) -> None:
-        """Stop (forced) and delete the container; a missing one is fine."""
+        """Stop (forced) and delete the container; a missing one is fine.
+
+        A runner that has just powered itself off is briefly "busy running a stop operation" in LXD;
+        that is retried for up to the API timeout instead of failing the delete.
+        """
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_is_busy),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=2.0),
+            stop=tenacity.stop_after_delay(self.lxd_settings.timeout),
+            reraise=True,
+        )
         try:
-            with self._errors(f"getting {name}"):
-                lxd_instance = self.client.instances.get(name)
+            retrying(self._delete_once, name)
         except InstanceNotFound:
             return
+
+    def _delete_once(self, name: str) -> None:
+        with self._errors(f"getting {name}"):
+            lxd_instance = self.client.instances.get(name)
         logger.info("lxd delete name=%s status=%s", name, lxd_instance.status)
         if lxd_instance.status != "Stopped":
             try:
                 with self._errors(f"stopping {name}"):
                     lxd_instance.stop(force=True, wait=True)
-            except InstanceNotFound:
-                return
             except BackendError as exc:
                 # It may have powered itself off meanwhile (a finished runner does).
-                if (
-                    "already stopped" not in str(exc).lower()
-                    and "not running" not in str(exc).lower()
+                message = str(exc).lower()
+                if isinstance(exc, InstanceNotFound) or (
+                    "already stopped" not in message and "not running" not in message
                 ):
                     raise
-        try:
-            with self._errors(f"deleting {name}"):
-                lxd_instance.delete(wait=True)
-        except InstanceNotFound:
-            return
+        with self._errors(f"deleting {name}"):
+            lxd_instance.delete(wait=True)
 
     def validate(self, group: Any) -> None:
         """Check the profile and that the group's image alias exists in LXD."""

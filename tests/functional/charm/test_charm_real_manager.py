@@ -134,7 +134,9 @@ def world(
     # the service and the runner processes import the checkout's packages
     src = str(Path(__file__).resolve().parents[3] / "src")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-    world = World(emulator, redis_url, layout, manager, recorder, testing.Context(GithubRunnerCharm))
+    world = World(
+        emulator, redis_url, layout, manager, recorder, testing.Context(GithubRunnerCharm)
+    )
     try:
         yield world
     finally:
@@ -172,7 +174,10 @@ def busy_job(world: World, seconds: int = 60) -> int:
         "acme/app", ["self-hosted", "linux"], [f"sleep {seconds}"]
     )
     wait_for(
-        lambda: any(r["busy"] for r in world.runners()), DEADLINE, interval=0.2, what="a busy runner"
+        lambda: any(r["busy"] for r in world.runners()),
+        DEADLINE,
+        interval=0.2,
+        what="a busy runner",
     )
     return job_id
 

@@ -38,7 +38,7 @@ from tests.functional.lxd.lxdtools import (
     image_properties,
     lxc,
 )
-from tests.parts import unavailable
+from tests.parts import unavailable, wait_for
 
 
 @pytest.fixture
@@ -47,7 +47,13 @@ def launched() -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
-        lxc("delete", "--force", name, check=False, timeout=120)
+        # Right after a container powered itself off LXD may still be "busy" stopping it.
+        wait_for(lambda n=name: _deleted(n), timeout=120, interval=0.5, what=f"{name} deleted")
+
+
+def _deleted(name: str) -> bool:
+    result = lxc("delete", "--force", name, check=False, timeout=120)
+    return result.returncode == 0 or "not found" in result.stderr.lower()
 
 
 # --------------------------------------------------------------------------- LXD

@@ -28,7 +28,7 @@ START_LXD = ROOT / "scripts" / "start-lxd.sh"
 BUILD_SCRIPT = ROOT / "scripts" / "build-runner-image.sh"
 TEST_CACHE = Path(os.environ.get("GHRM_TEST_CACHE", "/var/cache/github-runner-tests"))
 IMAGE_CACHE = TEST_CACHE / "image-cache"
-ALIAS_PREFIX = "ghrm-test"
+ALIAS_PREFIX = os.environ.get("GHRM_TEST_ALIAS_PREFIX", "ghrm-test")
 BASE = "debian:bookworm"
 ALIAS = f"{ALIAS_PREFIX}-debian-bookworm"
 #: Prefix of every container these tests launch by hand.

@@ -35,6 +35,12 @@ def _libyaml_for_scenario() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _never_the_real_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests never drive the real manager (it would touch the machine and the network)."""
+    monkeypatch.setattr(GithubRunnerCharm, "manager_factory", FakeManager)
+
+
 @pytest.fixture
 def fake_manager(monkeypatch: pytest.MonkeyPatch) -> FakeManager:
     """The one manager every charm instance in the test gets."""

@@ -452,7 +452,10 @@ def test_long_values_are_shortened_in_messages() -> None:
 
 def test_huge_numbers_are_not_sizes() -> None:
     config = {**DEFAULTS, "path": "acme", "token": "t", "test-mode": True, "vm-disk": "9" * 400}
-    with pytest.raises(CharmConfigInvalidError, match=r"^vm-disk: .* is not a size like 7GiB( \(it is far too large\))?$"):
+    with pytest.raises(
+        CharmConfigInvalidError,
+        match=r"^vm-disk: .* is not a size like 7GiB( \(it is far too large\))?$",
+    ):
         CharmState.from_config(config, read_secret=dict)
 
 

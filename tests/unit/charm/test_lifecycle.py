@@ -37,14 +37,18 @@ def test_install_installs_what_the_config_needs_and_says_so(
     assert fake_manager.service_running
     shown = [status.message for status in ctx.unit_status_history]
     assert any(m.startswith("installing ") and "redis-server" in m for m in shown), shown
-    assert any(m.startswith("building the runner image github-runner-debian-bookworm") for m in shown)
+    assert any(
+        m.startswith("building the runner image github-runner-debian-bookworm") for m in shown
+    )
     assert out.unit_status == testing.ActiveStatus("0 runners: 0 idle, 0 busy")
 
 
 def test_install_with_shared_redis_and_cloud_backend_needs_no_package_nor_image(
     ctx: testing.Context, fake_manager: FakeManager
 ) -> None:
-    ctx.run(ctx.on.install(), make_state({"backend": "fake", "redis-url": "redis://10.0.0.5:6379/0"}))
+    ctx.run(
+        ctx.on.install(), make_state({"backend": "fake", "redis-url": "redis://10.0.0.5:6379/0"})
+    )
     assert fake_manager.packages == set()
     assert fake_manager.images == []
     assert fake_manager.schedule_hours == 0
@@ -59,7 +63,9 @@ def test_install_with_invalid_config_installs_nothing(
     assert out.unit_status.message.startswith("token: is required")
 
 
-def test_image_schedule_follows_the_interval(ctx: testing.Context, fake_manager: FakeManager) -> None:
+def test_image_schedule_follows_the_interval(
+    ctx: testing.Context, fake_manager: FakeManager
+) -> None:
     ctx.run(ctx.on.config_changed(), make_state({"image-build-interval": 12}))
     assert fake_manager.schedule_hours == 12
     ctx.run(ctx.on.config_changed(), make_state({"image-build-interval": 0}))
@@ -138,7 +144,9 @@ def test_token_github_rejects_blocks_and_changes_nothing(
     assert fake_manager.config["github"]["token"] == "ghp_good_token"  # the old config stays
 
 
-def test_backend_credentials_rejected_block(ctx: testing.Context, fake_manager: FakeManager) -> None:
+def test_backend_credentials_rejected_block(
+    ctx: testing.Context, fake_manager: FakeManager
+) -> None:
     fake_manager.backend_rejected = "AuthFailure: the access key is not valid"
     out = ctx.run(ctx.on.config_changed(), make_state({"backend": "aws"}))
     assert out.unit_status == testing.BlockedStatus(
@@ -158,7 +166,7 @@ def test_missing_image_blocks_and_build_image_still_runs(
         "fix the cause, then run the build-image action"
     )
     # actions are refused while it is missing, except dump-config and build-image (the remedy)
-    with pytest.raises(testing.ActionFailed, match="runner image .* is missing"):
+    with pytest.raises(testing.ActionFailed, match=r"runner image .* is missing"):
         ctx.run(ctx.on.action("reconcile-runners"), make_state({"backend": "lxd"}))
     ctx.run(ctx.on.action("dump-config"), make_state({"backend": "lxd"}))
     assert ctx.action_results is not None and "config" in ctx.action_results
@@ -192,7 +200,9 @@ def test_summary_errors_show_maintenance(
     assert out.unit_status == testing.MaintenanceStatus("Redis is unavailable: timeout; retrying")
 
 
-def test_update_status_restarts_a_dead_service(ctx: testing.Context, fake_manager: FakeManager) -> None:
+def test_update_status_restarts_a_dead_service(
+    ctx: testing.Context, fake_manager: FakeManager
+) -> None:
     ctx.run(ctx.on.config_changed(), make_state())
     fake_manager.service_running = False
     ctx.run(ctx.on.update_status(), make_state())
@@ -331,10 +341,19 @@ def test_cos_agent_gets_the_metrics_endpoint_rules_and_dashboard(
     assert data["metrics_scrape_jobs"][0]["metrics_path"] == "/metrics"
     dashboard = json.loads(cos.decode_dashboard(data["dashboards"][0]))
     titles = {panel["title"] for panel in dashboard["panels"]}
-    assert {"Runners by state", "Job pickup latency", "Rate-limit budget left", "Backend errors"} <= titles
-    alerts = [rule["alert"] for group in data["metrics_alert_rules"]["groups"] for rule in group["rules"]]
+    assert {
+        "Runners by state",
+        "Job pickup latency",
+        "Rate-limit budget left",
+        "Backend errors",
+    } <= titles
+    alerts = [
+        rule["alert"] for group in data["metrics_alert_rules"]["groups"] for rule in group["rules"]
+    ]
     assert "GithubRunnerManagerDown" in alerts and "GithubRunnerBackendErrors" in alerts
-    log_alerts = [rule["alert"] for group in data["log_alert_rules"]["groups"] for rule in group["rules"]]
+    log_alerts = [
+        rule["alert"] for group in data["log_alert_rules"]["groups"] for rule in group["rules"]
+    ]
     assert "GithubRunnerTokenRejected" in log_alerts
     for group in data["metrics_alert_rules"]["groups"] + data["log_alert_rules"]["groups"]:
         for rule in group["rules"]:

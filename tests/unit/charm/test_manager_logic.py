@@ -7,6 +7,7 @@ image inputs, the summary line.
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 from pathlib import Path
@@ -86,7 +87,9 @@ def test_same_config_is_no_change() -> None:
         ({"token": "ghp_x", "path": "beta", "labels": "y"}, ("path", "token", "labels")),
     ],
 )
-def test_what_makes_the_old_runners_unusable(config: dict[str, Any], reasons: tuple[str, ...]) -> None:
+def test_what_makes_the_old_runners_unusable(
+    config: dict[str, Any], reasons: tuple[str, ...]
+) -> None:
     change = plan_change(state().to_manager_config(), state(**config).to_manager_config())
     assert change.changed
     assert change.reasons == reasons
@@ -116,15 +119,28 @@ def test_image_inputs_only_for_backends_the_charm_builds_for() -> None:
     assert again is not None and again.key() == lxd.key()
 
 
-def test_image_build_command_carries_the_charm_inputs(tmp_path: Path) -> None:
-    inputs = image_inputs(state(**{"dockerhub-mirror": "https://mirror.example.com"}))
-    assert inputs is not None
-    command = charm_service.image_build_command("/usr/bin/python3", tmp_path / "c.yaml", inputs, tmp_path / "s.json")
-    assert command[:3] == ["/usr/bin/python3", str(Path(charm_service.__file__).resolve()), "build-image"]
-    assert command[command.index("--base-image") + 1] == "debian:bookworm"
-    assert "--lxd" in command and "--docker" not in command
-    assert command[command.index("--dockerhub-mirror") + 1] == "https://mirror.example.com"
-    assert TOKEN not in " ".join(command)
+def test_image_build_command_keeps_the_inputs_out_of_the_command_line(tmp_path: Path) -> None:
+    command = charm_service.image_build_command(
+        "/usr/bin/python3", tmp_path / "c.yaml", tmp_path / "s.json"
+    )
+    assert command == [
+        "/usr/bin/python3",
+        str(Path(charm_service.__file__).resolve()),
+        "build-image",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--state-file",
+        str(tmp_path / "s.json"),
+    ]
+
+
+def test_image_inputs_are_kept_private_for_the_cron_entry(tmp_path: Path) -> None:
+    manager = RealManager(layout=Layout.under(tmp_path), unit_name="u", use_systemd=False)
+    mirror = "https://user:mirror-pass@mirror.example.com"
+    manager.remember_image_inputs(state(**{"dockerhub-mirror": mirror}))
+    saved = manager.layout.charm_state_file
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert json.loads(saved.read_text())["image_inputs"]["dockerhub_mirror"] == mirror
 
 
 def test_summary_line() -> None:
@@ -144,11 +160,15 @@ def test_token_id_tells_tokens_apart_without_showing_them() -> None:
 
 
 def test_manager_config_has_the_units_settings(tmp_path: Path) -> None:
-    manager = RealManager(layout=Layout.under(tmp_path), unit_name="github-runner-3", use_systemd=False)
+    manager = RealManager(
+        layout=Layout.under(tmp_path), unit_name="github-runner-3", use_systemd=False
+    )
     from tests.unit.charm.helpers import WEBHOOK_SECRET
 
     mapping = manager.manager_config(
-        state(backend="fake", **{"webhook-secret": WEBHOOK_SECRET, "backend-config": "{mode: local}"})
+        state(
+            backend="fake", **{"webhook-secret": WEBHOOK_SECRET, "backend-config": "{mode: local}"}
+        )
     )
     assert mapping["unit"] == "github-runner-3"
     assert mapping["state_dir"] == str(tmp_path / "state" / "manager")
@@ -176,9 +196,13 @@ def test_overrides_are_deep_merged(tmp_path: Path) -> None:
     assert mapping["reconcile_interval"] == "5s"
 
 
-def test_unit_name_defaults_to_the_juju_unit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unit_name_defaults_to_the_juju_unit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("JUJU_UNIT_NAME", "github-runner/7")
-    assert RealManager(layout=Layout.under(tmp_path), use_systemd=False).unit_name == "github-runner-7"
+    assert (
+        RealManager(layout=Layout.under(tmp_path), use_systemd=False).unit_name == "github-runner-7"
+    )
 
 
 def test_private_files_are_0600_from_the_first_byte(tmp_path: Path) -> None:
@@ -195,11 +219,22 @@ def test_systemd_unit_and_its_commands(tmp_path: Path) -> None:
     layout = Layout.under(tmp_path)
     run = Recorder({("systemctl", "is-active"): (0, "active\n")})
     service = SystemdService("github-runner-manager", layout, run, description="manager")
-    command = ["/usr/bin/python3", "-m", "github_runner_manager.cli", "--config", "/x y/m.yaml", "run"]
+    command = [
+        "/usr/bin/python3",
+        "-m",
+        "github_runner_manager.cli",
+        "--config",
+        "/x y/m.yaml",
+        "run",
+    ]
     assert service.install(command, {"PYTHONPATH": "/charm/venv:/charm/src"})
     text = service.unit_file.read_text()
-    assert "ExecStart=/usr/bin/python3 -m github_runner_manager.cli --config '/x y/m.yaml' run" in text
-    assert "Environment=PYTHONPATH=/charm/venv:/charm/src" in text
+    assert (
+        "ExecStart=/usr/bin/python3 -m github_runner_manager.cli --config '/x y/m.yaml' run" in text
+    )
+    assert f"EnvironmentFile={service.env_file}" in text
+    assert service.env_file.read_text() == "PYTHONPATH=/charm/venv:/charm/src\n"
+    assert stat.S_IMODE(service.env_file.stat().st_mode) == 0o600
     assert "Restart=always" in text and "KillMode=process" in text
     assert f"StandardOutput=append:{layout.log_dir}/github-runner-manager.log" in text
     assert run.calls == [
@@ -212,7 +247,7 @@ def test_systemd_unit_and_its_commands(tmp_path: Path) -> None:
     service.remove()
     assert ["systemctl", "restart", "github-runner-manager.service"] in run.calls
     assert ["systemctl", "disable", "--now", "github-runner-manager.service"] in run.calls
-    assert not service.unit_file.exists()
+    assert not service.unit_file.exists() and not service.env_file.exists()
 
 
 def test_apt_installs_only_what_is_missing() -> None:
@@ -220,7 +255,14 @@ def test_apt_installs_only_what_is_missing() -> None:
     installed = apt_install(["redis-server", "cron", "redis-server"], run)
     assert installed == ["redis-server"]
     assert ["apt-get", "update", "-q"] in run.calls
-    assert ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"] in run.calls
+    assert [
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "redis-server",
+    ] in run.calls
     run = Recorder({("dpkg-query",): (0, "install ok installed")})
     assert apt_install(["cron"], run) == []
     assert not any(call[0] == "apt-get" for call in run.calls)
@@ -252,3 +294,43 @@ def test_dump_config_needs_an_applied_config(tmp_path: Path) -> None:
     write_private_file(layout.config_file, yaml.safe_dump(manager.manager_config(state())))
     dumped = yaml.safe_load(manager.dump_config())
     assert dumped["github"]["token"] == "**********" and dumped["unit"] == "u"
+
+
+def test_the_rebuild_schedule_follows_the_interval(tmp_path: Path) -> None:
+    layout = Layout.under(tmp_path)
+    manager = RealManager(layout=layout, unit_name="u", use_systemd=False)
+    manager._ensure_schedule(state(**{"image-build-interval": 6}))
+    text = layout.cron_path.read_text()
+    assert "charm_service.py build-image" in text and str(layout.charm_state_file) in text
+    assert TOKEN not in text
+    manager._ensure_schedule(state(**{"image-build-interval": 0}))
+    assert not layout.cron_path.exists()
+    manager._ensure_schedule(state(backend="aws", **{"image-build-interval": 6}))
+    assert not layout.cron_path.exists()  # no image the charm builds: nothing to schedule
+
+
+def test_build_image_entry_needs_recorded_inputs(tmp_path: Path) -> None:
+    config = tmp_path / "manager.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            RealManager(
+                layout=Layout.under(tmp_path), unit_name="u", use_systemd=False
+            ).manager_config(state())
+        )
+    )
+    code = charm_service.main(
+        ["build-image", "--config", str(config), "--state-file", str(tmp_path / "none.json")]
+    )
+    assert code == 1
+
+
+def test_the_models_proxy_reaches_the_service() -> None:
+    env = charm_service.proxy_environment(
+        {"JUJU_CHARM_HTTPS_PROXY": "http://proxy:3128", "JUJU_CHARM_NO_PROXY": "10.0.0.0/8"}
+    )
+    assert env == {
+        "https_proxy": "http://proxy:3128",
+        "HTTPS_PROXY": "http://proxy:3128",
+        "no_proxy": "10.0.0.0/8",
+        "NO_PROXY": "10.0.0.0/8",
+    }
