@@ -79,11 +79,11 @@ def run(ctx: Context) -> Figures:
     online = summary(launch["online_s"])
     created = summary(launch["create_s"])
     if online["p50"] is None:
-        figures.set(
-            "lxd_launch_s", None, "no container came online: " + "; ".join(launch["failures"])[:400]
-        )
+        why = "no container came online: " + "; ".join(launch["failures"])[:400]
+        figures.null(["lxd_launch_s", "lxd_launch_p95_s"], why)
     else:
         figures.set("lxd_launch_s", online["p50"])
+        figures.set("lxd_launch_p95_s", online["p95"])
         figures.set("lxd_launch_max_s", online["max"])
     if created["p50"] is not None:
         figures.set("lxd_create_api_s", created["p50"])

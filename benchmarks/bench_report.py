@@ -86,9 +86,9 @@ def _plus(key: str, extra: float, extra_key: str | None = None) -> Callable[[Res
         base = _num(result.get(key))
         if base is None:
             return None
-        more = (
-            _num(result["details"].get("pickup_settings", {}).get(extra_key)) if extra_key else 0.0
-        )
+        details = result.get("details", {})
+        settings = {**details.get("pickup_settings", {}), **details.get("lxd", {})}
+        more = _num(settings.get(extra_key)) if extra_key else 0.0
         return base + extra + (more or 0.0)
 
     return bound
@@ -103,7 +103,7 @@ def _cold(label: str, key: str, launch: str, extra_key: str | None = None) -> li
             f"{label}, p50",
             f"{key}_p50_s",
             "s",
-            f"≤ start p50{poll} + 2 s = {{bound}}",
+            f"{derived}≤ start p50{poll} + 2 s = {{bound}}",
             _plus(launch, 2.0, extra_key),
         ),
         Row(

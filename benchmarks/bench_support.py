@@ -62,8 +62,14 @@ class Figures:
             self.set(key, None, reason)
 
     def update(self, other: Figures) -> None:
+        """Merge ``other`` in; detail sections that both have (e.g. ``pickup``) are merged one level deep."""
         self.values.update(other.values)
-        self.details.update(other.details)
+        for key, value in other.details.items():
+            mine = self.details.get(key)
+            if isinstance(mine, dict) and isinstance(value, dict):
+                mine.update(value)
+            else:
+                self.details[key] = value
 
 
 @dataclass
@@ -419,10 +425,13 @@ def load_average() -> list[float] | None:
 
 
 @contextlib.contextmanager
-def scratch(parent: Path | None = None, prefix: str = "ghrm-bench-") -> Iterator[Path]:
-    """A temporary directory removed afterwards."""
+def scratch(
+    parent: Path | None = None, prefix: str = "ghrm-bench-", keep: bool = False
+) -> Iterator[Path]:
+    """A temporary directory, removed afterwards unless ``keep`` (manager logs, configs: for debugging)."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=str(parent) if parent else None))
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)

@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verbose", action="store_true", help="log the parts' INFO lines")
     parser.add_argument(
+        "--keep-scratch",
+        action="store_true",
+        help="keep the scratch directory (manager logs and configs)",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         default=None,
@@ -160,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
     }
     figures = Figures()
-    with bench_support.scratch(prefix="ghrm-bench-") as tmp:
+    with bench_support.scratch(prefix="ghrm-bench-", keep=args.keep_scratch) as tmp:
+        if args.keep_scratch:
+            log(f"scratch directory (kept): {tmp}")
         ctx = Context(quick=args.quick, tmp=tmp, log=log)
         for name in ORDER:
             if name not in selected:

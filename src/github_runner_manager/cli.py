@@ -96,7 +96,8 @@ def _main(
 ) -> None:
     if config is None and ctx.invoked_subcommand != "demo":  # the demo brings its own configuration
         raise click.UsageError(
-            "Missing option '--config' / '-c' (env var: 'GITHUB_RUNNER_MANAGER_CONFIG').", ctx
+            "Missing option '--config' / '-c' (env var: 'GITHUB_RUNNER_MANAGER_CONFIG').",
+            ctx,  # type: ignore[arg-type]  # typer's Context is its vendored click's
         )
     ctx.obj = _Options(config=config or Path(), log_level=log_level)
 
@@ -300,15 +301,16 @@ def demo(
     ] = 1800.0,
     log_file: Annotated[
         Path | None,
-        typer.Option("--log-file", help="Keep the manager's log here (default: a temp file, removed)."),
+        typer.Option(
+            "--log-file", help="Keep the manager's log here (default: a temp file, removed)."
+        ),
     ] = None,
 ) -> None:
-    """Run the whole system on this machine, no --config needed: a local GitHub emulator, a private Redis,
-    the best backend here (LXD, else Docker, else local processes) and a RunnerManager service; queue jobs
-    over two label sets with real steps, show them live, print a summary and remove everything it started.
+    """Show the whole system working on this machine (no --config needed).
 
-    Exit status 0 only when every job completed and no runner is left. Run as root for LXD and Docker;
-    scripts/demo.sh installs and starts those first.
+    Starts a local GitHub emulator, a private Redis, the best backend here (LXD, else Docker, else local processes; it says which and why) and a RunnerManager service; builds or reuses the runner image; queues jobs over two label sets with real steps, shows runners and jobs live, prints a summary (jobs done, pickup p50/p95, GitHub calls spent, runners left) and removes everything it started, also on Ctrl-C.
+
+    Exit status 0 only when every job completed and no runner is left. LXD and Docker need root; scripts/demo.sh installs and starts them first.
     """
     from github_runner_manager.demo import run_demo
 

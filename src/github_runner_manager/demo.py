@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
@@ -188,9 +189,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 def _run(args: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args), capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _first_line(text: str) -> str:
@@ -236,12 +235,21 @@ def probe_lxd() -> tuple[str | None, str]:
     except subprocess.TimeoutExpired:
         return None, "LXD did not answer within 15s"
     if answer.returncode != 0:
-        return None, f"LXD is not running ({_first_line(answer.stderr)}; scripts/start-lxd.sh starts it)"
+        return (
+            None,
+            f"LXD is not running ({_first_line(answer.stderr)}; scripts/start-lxd.sh starts it)",
+        )
     bridge = _run(["lxc", "network", "get", LXD_BRIDGE, "ipv4.address"], timeout=15)
     address = bridge.stdout.strip().split("/")[0]
     if bridge.returncode != 0 or not address or address == "none":
-        return None, f"LXD has no {LXD_BRIDGE} bridge with an IPv4 address (scripts/start-lxd.sh makes one)"
-    return address, f"LXD answers on its local socket; containers reach this host at {address} ({LXD_BRIDGE})"
+        return (
+            None,
+            f"LXD has no {LXD_BRIDGE} bridge with an IPv4 address (scripts/start-lxd.sh makes one)",
+        )
+    return (
+        address,
+        f"LXD answers on its local socket; containers reach this host at {address} ({LXD_BRIDGE})",
+    )
 
 
 def lxd_alias_properties(alias: str) -> dict[str, str] | None:
@@ -273,6 +281,17 @@ def _docker_client(timeout: float = 10) -> Any:
     return docker.from_env(timeout=timeout)
 
 
+def _docker_gateway(attrs: dict[str, Any]) -> str:
+    """The host's address on Docker's default bridge: its gateway (dockerd takes the subnet's first host)."""
+    for entry in (attrs.get("IPAM") or {}).get("Config") or []:
+        if entry.get("Gateway"):
+            return str(entry["Gateway"])
+        subnet = entry.get("Subnet")
+        if subnet and ipaddress.ip_network(subnet).version == 4:
+            return str(ipaddress.ip_network(subnet).network_address + 1)
+    raise ValueError("Docker's bridge network has no IPv4 subnet")
+
+
 def probe_docker() -> tuple[str | None, str, bool]:
     """(Docker's gateway address as containers see the host, or None; why; a demo image exists)."""
     try:
@@ -280,18 +299,29 @@ def probe_docker() -> tuple[str | None, str, bool]:
     except ImportError:
         return None, "the docker Python library is not installed", False
     except Exception as exc:
-        return None, f"no Docker daemon answers ({_first_line(str(exc))}; scripts/start-dockerd.sh starts one)", False
+        return (
+            None,
+            f"no Docker daemon answers ({_first_line(str(exc))}; scripts/start-dockerd.sh starts one)",
+            False,
+        )
     try:
         client.ping()
-        bridge = client.networks.get("bridge")
-        gateway = str(bridge.attrs["IPAM"]["Config"][0]["Gateway"])
+        gateway = _docker_gateway(client.networks.get("bridge").attrs)
         has_image = bool(client.images.list(name=DOCKER_REPOSITORY))
     except Exception as exc:
-        return None, f"the Docker daemon is not usable ({_first_line(str(exc))})", False
+        return (
+            None,
+            f"the Docker daemon is not usable ({type(exc).__name__}: {_first_line(str(exc))})",
+            False,
+        )
     finally:
         with contextlib.suppress(Exception):
             client.close()
-    return gateway, f"a Docker daemon answers; containers reach this host at {gateway} (docker0)", has_image
+    return (
+        gateway,
+        f"a Docker daemon answers; containers reach this host at {gateway} (docker0)",
+        has_image,
+    )
 
 
 def choose_backend(wanted: str, say: Callable[[str], None]) -> list[BackendChoice]:
@@ -361,7 +391,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         log = self.directory / "redis.log"
-        self.process = subprocess.Popen(  # noqa: S603 - resolved binary, list arguments
+        self.process = subprocess.Popen(  # resolved binary, list arguments
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(log)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -372,7 +402,9 @@ class RedisServer:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-300:] if log.exists() else ""
                 self.stop()
-                raise DemoError(f"redis-server did not start on port {self.port}: {_first_line(tail)}")
+                raise DemoError(
+                    f"redis-server did not start on port {self.port}: {_first_line(tail)}"
+                )
             time.sleep(0.05)
         return self
 
@@ -438,7 +470,9 @@ def _build(options: ImageBuildOptions, console: Console, what: str) -> Any:
     """Run the image build, showing its steps as they happen."""
     from github_runner_manager.image import ImageBuildError, build_runner_image
 
-    console.print(f"  building {what} (cache {options.cache_dir}; a cached root filesystem makes it an import)")
+    console.print(
+        f"  building {what} (cache {options.cache_dir}; a cached root filesystem makes it an import)"
+    )
     with console.status(f"image build: starting ({what})") as status:
 
         def on_line(line: str) -> None:
@@ -454,7 +488,9 @@ def _build(options: ImageBuildOptions, console: Console, what: str) -> Any:
         try:
             result = build_runner_image(options, on_line=on_line)
         except ImageBuildError as exc:
-            raise DemoError(f"image build failed: {exc} (log: {options.log_file or 'the builder log'})") from None
+            raise DemoError(
+                f"image build failed: {exc} (log: {options.log_file or 'the builder log'})"
+            ) from None
     console.print(f"  built in {result.seconds:.0f}s (cached root filesystem: {result.cached})")
     return result
 
@@ -496,11 +532,15 @@ def prepare_docker_image(binary: RunnerBinary, console: Console) -> str:
         cache = _cache_dir_for(key)
         rootfs = cache / "rootfs" / f"{key}.tar"
         if not rootfs.is_file():
-            options = dataclasses.replace(options, cache_dir=cache, log_file=cache / "demo-build.log")
+            options = dataclasses.replace(
+                options, cache_dir=cache, log_file=cache / "demo-build.log"
+            )
             result = _build(options, console, "the runner root filesystem")
             rootfs = Path(result.rootfs or rootfs)
         with console.status(f"docker import {rootfs.name} as {tag}"):
-            client.api.import_image_from_file(str(rootfs), repository=DOCKER_REPOSITORY, tag=key[:12])
+            client.api.import_image_from_file(
+                str(rootfs), repository=DOCKER_REPOSITORY, tag=key[:12]
+            )
         if not client.images.list(name=tag):
             raise DemoError(f"docker import of {rootfs} did not produce {tag}")
         console.print(f"  imported {tag} from {rootfs}")
@@ -590,7 +630,9 @@ class Demo:
         self.timeout = timeout
         self.log_level = log_level
         self.console = console or Console(highlight=False)
-        if not self.console.is_terminal and console is None:  # logs and pipes: wide enough for names
+        if (
+            not self.console.is_terminal and console is None
+        ):  # logs and pipes: wide enough for names
             self.console = Console(highlight=False, width=120)
         self.err = Console(stderr=True, highlight=False)
         self.result = DemoResult(jobs_total=jobs)
@@ -633,7 +675,9 @@ class Demo:
             except Exception as exc:  # one line for the operator; the details go to the log
                 logger.exception("demo failed")
                 self.result.error = f"unexpected {type(exc).__name__}: {exc}"
-                self.err.print(f"github-runner-manager demo: error: {self.result.error}", markup=False)
+                self.err.print(
+                    f"github-runner-manager demo: error: {self.result.error}", markup=False
+                )
             finally:
                 self._cleanup()
             self._summary()
@@ -668,8 +712,12 @@ class Demo:
         self._start_emulator(choice.host, webhook_port)
         c.print(f"  redis {self.redis.url}; GitHub emulator {self.emulator.url} "
                 f"(runners reach it at {choice.host}); webhooks to 127.0.0.1:{webhook_port}")  # fmt: skip
-        binary = fetch_runner_app(self.emulator.url, self.token, self.tmp / "state" / "runner-binary")
-        c.print(f"  runner application {binary.version} downloaded, sha256 {binary.sha256[:12]}... verified")
+        binary = fetch_runner_app(
+            self.emulator.url, self.token, self.tmp / "state" / "runner-binary"
+        )
+        c.print(
+            f"  runner application {binary.version} downloaded, sha256 {binary.sha256[:12]}... verified"
+        )
         image: str | None = None
         while True:
             self._check_deadline("before the image was ready")
@@ -685,7 +733,9 @@ class Demo:
                 if self.wanted != "auto" or choice.name == "local":
                     raise
                 fallback = candidates[-1]
-                c.print(f"[yellow]{choice.name} cannot be used: {exc}; falling back to {fallback.name}[/yellow]")
+                c.print(
+                    f"[yellow]{choice.name} cannot be used: {exc}; falling back to {fallback.name}[/yellow]"
+                )
                 # local runners reach the emulator on any address of this host
                 choice = dataclasses.replace(fallback, host=choice.host)
         self.backend_name = choice.name
@@ -710,7 +760,9 @@ class Demo:
         try:
             self.emulator = start_emulator(host=host, port=0, **options)
         except OSError as exc:
-            raise DemoError(f"the GitHub emulator cannot listen on {host}: {exc.strerror or exc}") from None
+            raise DemoError(
+                f"the GitHub emulator cannot listen on {host}: {exc.strerror or exc}"
+            ) from None
 
     def _start_manager(self, choice: BackendChoice, image: str | None, webhook_port: int) -> None:
         from github_runner_manager.config import ConfigError, parse_config
@@ -755,7 +807,8 @@ class Demo:
 
         _wait(listening, 30, "the manager's webhook listener")
         groups = ", ".join(
-            f"{g.name} (labels {g.label}, min_idle {g.min_idle}, max {g.max_runners})" for g in GROUPS
+            f"{g.name} (labels {g.label}, min_idle {g.min_idle}, max {g.max_runners})"
+            for g in GROUPS
         )
         self.console.print(f"[bold]manager[/bold] serving: prefix {self.prefix}, groups {groups}")
 
@@ -782,7 +835,10 @@ class Demo:
             for index in range(self.jobs):
                 group = GROUPS[index % len(GROUPS)]
                 job_id = self.emulator.control.queue_job(
-                    REPOS[index % len(REPOS)], group.labels, STEPS, name=f"demo-{index + 1}-{group.name}"
+                    REPOS[index % len(REPOS)],
+                    group.labels,
+                    STEPS,
+                    name=f"demo-{index + 1}-{group.name}",
                 )
                 self.job_ids.append(job_id)
                 self.job_group[job_id] = group.name
@@ -824,7 +880,9 @@ class Demo:
 
         counts: dict[str, int] = {}
         with contextlib.suppress(Exception):
-            backend = self.manager.backend("fake" if self.backend_name == "local" else self.backend_name)
+            backend = self.manager.backend(
+                "fake" if self.backend_name == "local" else self.backend_name
+            )
             for inst in backend.list(prefix=f"{self.prefix}-"):
                 group = inst.tags.get(TAG_GROUP, "?")
                 counts[group] = counts.get(group, 0) + 1
@@ -941,7 +999,9 @@ class Demo:
                 left["instances"] = len(self.manager.backend(name).list(prefix=f"{self.prefix}-"))
         with contextlib.suppress(Exception):
             left["github"] = sum(
-                1 for r in self.emulator.control.runners() if r["name"].startswith(f"{self.prefix}-")
+                1
+                for r in self.emulator.control.runners()
+                if r["name"].startswith(f"{self.prefix}-")
             )
         with contextlib.suppress(Exception):
             left["records"] = len(self.manager.store.list_runners())
@@ -953,7 +1013,9 @@ class Demo:
             self.result.jobs = [job_summary(j, self.job_group.get(j["id"], "?")) for j in jobs]
             completed = [j for j in jobs if j.get("status") == "completed"]
             self.result.jobs_completed = len(completed)
-            self.result.jobs_succeeded = sum(1 for j in completed if j.get("conclusion") == "success")
+            self.result.jobs_succeeded = sum(
+                1 for j in completed if j.get("conclusion") == "success"
+            )
             pickups = [p for p in (j["pickup_s"] for j in self.result.jobs) if p is not None]
             self.result.pickup_p50_s = percentile(pickups, 50)
             self.result.pickup_p95_s = percentile(pickups, 95)
@@ -982,7 +1044,9 @@ class Demo:
         if self.json_path is not None:
             try:
                 self.json_path.parent.mkdir(parents=True, exist_ok=True)
-                self.json_path.write_text(json.dumps(dataclasses.asdict(self.result), indent=2) + "\n")
+                self.json_path.write_text(
+                    json.dumps(dataclasses.asdict(self.result), indent=2) + "\n"
+                )
                 self.console.print(f"summary written to {self.json_path}")
             except OSError as exc:
                 self.result.error = self.result.error or f"cannot write {self.json_path}: {exc}"
@@ -1028,11 +1092,13 @@ class Demo:
                 self._interrupts += 1
                 if self._interrupts >= 2:
                     raise KeyboardInterrupt
-                self.err.print("cleaning up; interrupt once more to abandon the clean-up", markup=False)
+                self.err.print(
+                    "cleaning up; interrupt once more to abandon the clean-up", markup=False
+                )
                 return
             raise KeyboardInterrupt
 
-        previous = {}
+        previous: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
         return previous
@@ -1046,7 +1112,11 @@ class Demo:
 # ------------------------------------------------------------------------------ rendering
 def job_summary(job: dict[str, Any], group: str) -> dict[str, Any]:
     """One job of the summary: who ran it, how fast it was picked up, what its first step printed."""
-    queued, started, completed = job.get("queued_at"), job.get("started_at"), job.get("completed_at")
+    queued, started, completed = (
+        job.get("queued_at"),
+        job.get("started_at"),
+        job.get("completed_at"),
+    )
     hello = ""
     for step in job.get("steps") or []:
         lines = (step.get("output") or "").strip().splitlines()
@@ -1086,10 +1156,28 @@ def _job_counts(snap: Snapshot, group: str | None) -> tuple[int, int, int, int, 
 def render_live(snap: Snapshot, backend: str) -> Group:
     """The live view: runners per group and state, and jobs with their pickup latency."""
     runners = Table(title=f"runners ({backend})", title_justify="left")
-    for column in ("group", "min idle/max", "creating", "idle", "busy", "done", "deleting", "instances"):
+    for column in (
+        "group",
+        "min idle/max",
+        "creating",
+        "idle",
+        "busy",
+        "done",
+        "deleting",
+        "instances",
+    ):
         runners.add_column(column, justify="left" if column == "group" else "right")
     jobs = Table(title="jobs", title_justify="left")
-    for column in ("group", "queued", "running", "done", "failed", "pickup p50", "pickup p95", "pickup max"):
+    for column in (
+        "group",
+        "queued",
+        "running",
+        "done",
+        "failed",
+        "pickup p50",
+        "pickup p95",
+        "pickup max",
+    ):
         jobs.add_column(column, justify="left" if column == "group" else "right")
     for group in GROUPS:
         states = snap.records.get(group.name, {})
@@ -1129,8 +1217,14 @@ def render_summary(result: DemoResult) -> Group:
     parts: list[Any] = []
     if result.jobs:
         jobs = Table(title="jobs", title_justify="left")
+        width = max(len(job["runner"] or "-") for job in result.jobs)
         for column in ("job", "group", "runner", "pickup", "took", "result", "first step printed"):
-            jobs.add_column(column, justify="right" if column in ("job", "pickup", "took") else "left")
+            jobs.add_column(
+                column,
+                justify="right" if column in ("job", "pickup", "took") else "left",
+                min_width=width if column == "runner" else None,
+                overflow="fold",
+            )
         for job in result.jobs:
             jobs.add_row(
                 str(job["id"]), job["group"], job["runner"] or "-", _secs(job["pickup_s"]),
@@ -1140,14 +1234,22 @@ def render_summary(result: DemoResult) -> Group:
     table = Table(title="summary", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("backend", f"{result.backend or '-'}" + (f" (image {result.image})" if result.image else ""))
-    table.add_row("jobs done", f"{result.jobs_completed}/{result.jobs_total} ({result.jobs_succeeded} succeeded)")
+    table.add_row(
+        "backend", f"{result.backend or '-'}" + (f" (image {result.image})" if result.image else "")
+    )
+    table.add_row(
+        "jobs done",
+        f"{result.jobs_completed}/{result.jobs_total} ({result.jobs_succeeded} succeeded)",
+    )
     table.add_row("pickup p50 / p95 / max",
                   f"{_secs(result.pickup_p50_s)} / {_secs(result.pickup_p95_s)} / {_secs(result.pickup_max_s)}")  # fmt: skip
     for name, figures in result.pickup_by_group.items():
         group = next((g for g in GROUPS if g.name == name), None)
         kind = "warm pool" if group and group.min_idle else "on demand"
-        table.add_row(f"  {name} ({kind})", f"p50 {_secs(figures.get('p50_s'))}, p95 {_secs(figures.get('p95_s'))}")  # type: ignore[arg-type]
+        table.add_row(
+            f"  {name} ({kind})",
+            f"p50 {_secs(figures.get('p50_s'))}, p95 {_secs(figures.get('p95_s'))}",
+        )  # type: ignore[arg-type]
     table.add_row("GitHub calls spent", f"{result.github_requests} requests, {result.rate_limit_units} "
                   f"rate-limit units ({result.github_not_modified} answered 304, free)")  # fmt: skip
     table.add_row("webhook deliveries", str(result.webhook_deliveries))

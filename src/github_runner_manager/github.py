@@ -784,13 +784,23 @@ class GitHubClient:
         except (KeyError, TypeError, ValueError):
             raise GitHubError(f"GET {url}: unexpected response shape (job without id)") from None
         created = parse_timestamp(job.get("created_at")) or parse_timestamp(job.get("started_at"))
+        labels = job.get("labels") or ()
+        try:
+            if not isinstance(labels, list | tuple):
+                raise TypeError("labels is not a list")
+            job_run_id = int(job.get("run_id") or run_id)
+        except (TypeError, ValueError):
+            raise GitHubError(
+                f"GET {url}: unexpected response shape (job {job_id} run_id or labels)"
+            ) from None
+        runner_name = job.get("runner_name")
         return QueuedJob(
             id=job_id,
-            run_id=int(job.get("run_id") or run_id),
+            run_id=job_run_id,
             repo=repo,
-            labels=tuple(str(label) for label in job.get("labels") or ()),
+            labels=tuple(str(label) for label in labels),
             status="queued",
-            runner_name=job.get("runner_name") or None,
+            runner_name=str(runner_name) if runner_name else None,
             created_at=created if created is not None else self._clock(),
         )
 
@@ -975,10 +985,10 @@ class GitHubClient:
         if status != 204 and resp.content:
             try:
                 body = resp.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 raise GitHubError(f"{what}: GitHub sent malformed JSON", status=status) from None
         next_url = parse_link_next(resp.headers.get("Link"))
-        if next_url is not None and _origin(next_url) != self._origin:
+        if next_url is not None and _safe_origin(next_url) != self._origin:
             raise GitHubError(
                 f"{what}: pagination link points at another host; not followed", status=status
             )
@@ -1086,6 +1096,14 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def _safe_origin(url: str) -> str | None:
+    """The origin of ``url``, or ``None`` when it cannot be parsed (e.g. ``http://[bad``)."""
+    try:
+        return _origin(url)
+    except ValueError:
+        return None
+
+
 def _with_params(url: str, params: Mapping[str, Any]) -> str:
     prepared = requests.PreparedRequest()
     prepared.prepare_url(url, dict(params))
@@ -1096,7 +1114,7 @@ def _error_message(resp: requests.Response) -> str:
     """GitHub's ``message`` field of an error body, shortened; empty when there is none."""
     try:
         body = resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     message = body.get("message") if isinstance(body, Mapping) else None
     return str(message)[:200] if message else ""

@@ -191,6 +191,7 @@ class RunnerBinaryCache:
         filename = _safe_filename(app.filename)
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._locked():
+            self._remove_partials()
             current = self.current()
             if (
                 current is not None
@@ -243,6 +244,15 @@ class RunnerBinaryCache:
             return binary
 
     # ---------------------------------------------------------------------------------- internals
+    def _remove_partials(self) -> None:
+        """Delete temporary files an updater killed mid-download left behind (call with the lock held:
+        temporary files are only made under it, so none of them belongs to a live updater)."""
+        for pattern in (".download-*.part", ".meta-*.part"):
+            for stale in self.directory.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+                    logger.info("removed %s left by an interrupted update", stale.name)
+
     def _download(self, url: str) -> tuple[str, Path]:
         """Stream ``url`` into a temporary file beside the target; return (sha256 hex, temp path)."""
         fd, name = tempfile.mkstemp(dir=self.directory, prefix=".download-", suffix=".part")

@@ -8,6 +8,7 @@ GitHub calls measured) and that it says clearly what it cannot do. The LXD run n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 from tests.parts import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
-START_LXD = ROOT / "scripts" / "start-lxd.sh"
+CACHE = Path(os.environ.get("GHRM_TEST_CACHE", "/var/cache/github-runner-tests"))
 KEYS = ("backend", "jobs_total", "jobs_completed", "pickup_p50_s", "pickup_p95_s",
         "github_requests", "rate_limit_units", "runners_left")  # fmt: skip
 
@@ -67,6 +68,26 @@ def check_summary(summary: dict[str, Any], backend: str, jobs: int) -> None:
         assert job["conclusion"] == "success"
         assert job["runner"] and job["runner"].split("-")[1] == job["group"]
         assert job["hello"].startswith("hello from ")
+
+
+def start_part(script: str, what: str) -> None:
+    """Run ``scripts/<script>`` (idempotent) under the lock the other tests use, or the part is unavailable."""
+    if os.geteuid() != 0:
+        unavailable(f"the {what} demo needs root (scripts/{script} starts the daemon)")
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed (scripts/dev-setup.sh installs it)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{script.removesuffix('.sh')}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = subprocess.run(
+            ["bash", str(ROOT / "scripts" / script)],
+            capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+    if started.returncode != 0:
+        unavailable(
+            f"scripts/{script} failed ({started.returncode}): "
+            f"{(started.stderr or started.stdout)[-600:]}"
+        )
 
 
 def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -127,15 +148,7 @@ def test_demo_with_local_processes(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_demo_with_lxd(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        unavailable("the LXD demo needs root (scripts/start-lxd.sh starts the daemon)")
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed (scripts/dev-setup.sh installs it)")
-    if shutil.which("lxd") is None and shutil.which("apt-get") is None:
-        unavailable("lxd is not installed and apt-get is not available to install it")
-    started = subprocess.run([str(START_LXD)], capture_output=True, text=True, timeout=900, check=False)
-    if started.returncode != 0:
-        unavailable(f"scripts/start-lxd.sh failed ({started.returncode}): {(started.stderr or started.stdout)[-600:]}")
+    start_part("start-lxd.sh", "LXD")
     out = tmp_path / "summary.json"
     result = run_demo("--backend", "lxd", "--jobs", "4", "--json", str(out), "--timeout", "1000",
                       timeout=1100)  # fmt: skip
@@ -147,7 +160,27 @@ def test_demo_with_lxd(tmp_path: Path) -> None:
     for job in summary["jobs"]:
         # the step ran inside the runner's container: its hostname is the runner's name
         assert job["hello"] == f"hello from {job['runner']}"
-    leftover = subprocess.run(["lxc", "list", "--format", "json"], capture_output=True, text=True,
-                              timeout=60, check=True)  # fmt: skip
+    listed = subprocess.run(["lxc", "list", "--format", "json"], capture_output=True, text=True,
+                            timeout=60, check=True)  # fmt: skip
     prefixes = {job["runner"].split("-")[0] for job in summary["jobs"]}
-    assert not [i["name"] for i in json.loads(leftover.stdout) if i["name"].split("-")[0] in prefixes]
+    assert not [i["name"] for i in json.loads(listed.stdout) if i["name"].split("-")[0] in prefixes]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_demo_with_docker(tmp_path: Path) -> None:
+    start_part("start-dockerd.sh", "Docker")
+    out = tmp_path / "summary.json"
+    result = run_demo("--backend", "docker", "--jobs", "4", "--json", str(out), "--timeout", "1000",
+                      timeout=1100)  # fmt: skip
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+    _no_traceback(result)
+    summary = json.loads(out.read_text())
+    check_summary(summary, "docker", 4)
+    assert summary["image"].startswith("ghrm-demo-runner:")
+    for job in summary["jobs"]:
+        assert job["hello"] == f"hello from {job['runner']}"
+    listed = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
+                            text=True, timeout=60, check=True)  # fmt: skip
+    prefixes = {job["runner"].split("-")[0] for job in summary["jobs"]}
+    assert not [n for n in listed.stdout.split() if n.split("-")[0] in prefixes]

@@ -145,6 +145,7 @@ def test_lxd_fleet_serves_jobs_in_containers_and_leaves_nothing(
     pool = wait_for(lambda: len(fleet.idle_pool("small")) == 2 and fleet.idle_pool("small"),
                     timeout=180, interval=1.0, what="two idle small containers")  # fmt: skip
     warm = set(pool)  # type: ignore[call-overload]
+    phases = {"warm pool": time.monotonic() - started}
     assert not fleet.containers("large"), "a group with min_idle 0 keeps no container"
 
     # 10 jobs over two label sets
@@ -159,6 +160,7 @@ def test_lxd_fleet_serves_jobs_in_containers_and_leaves_nothing(
         return all(control.get_job(j)["status"] == "completed" for j in jobs)
 
     wait_for(all_completed, timeout=300, interval=1.0, what=f"{JOBS} jobs to complete")
+    phases["jobs"] = time.monotonic() - started - sum(phases.values())
     runners_used = set()
     for job_id, group in jobs.items():
         job = control.get_job(job_id)
@@ -177,6 +179,7 @@ def test_lxd_fleet_serves_jobs_in_containers_and_leaves_nothing(
     refilled = wait_for(lambda: len(fleet.idle_pool("small")) == 2 and fleet.idle_pool("small"),
                         timeout=180, interval=1.0, what="the small pool to refill")  # fmt: skip
     assert not set(refilled) & runners_used  # type: ignore[call-overload]
+    phases["refill"] = time.monotonic() - started - sum(phases.values())
 
     # stop serving, flush everything: nothing is left anywhere
     fleet.stop.set()
@@ -188,4 +191,5 @@ def test_lxd_fleet_serves_jobs_in_containers_and_leaves_nothing(
 
     wait_for(nothing_left, timeout=120, interval=1.0, what="no container, GitHub runner or record")
     assert fleet.manager.store.list_runners() == []
-    print(f"lxd e2e: {JOBS} jobs in {time.monotonic() - started:.0f}s")
+    phases["clean-up"] = time.monotonic() - started - sum(phases.values())
+    print("lxd e2e: " + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()))

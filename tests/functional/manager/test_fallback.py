@@ -71,9 +71,17 @@ def fallback_config(
         "state_dir": str(tmp / "state"),
         "metrics_listen": None,
         "runner_groups": [
-            {"name": "fb", "labels": [LABEL], "backends": ["openstack", "fake"], "min_idle": 1,
-             "max_runners": JOBS + 1, "cpu": 1, "memory": "1GiB", "disk": "10GiB"},
-        ],  # fmt: skip
+            {
+                "name": "fb",
+                "labels": [LABEL],
+                "backends": ["openstack", "fake"],
+                "min_idle": 1,
+                "max_runners": JOBS + 1,
+                "cpu": 1,
+                "memory": "1GiB",
+                "disk": "10GiB",
+            },
+        ],
         "backends": {
             "openstack": {
                 "auth_url": cloud.auth_url,
@@ -152,7 +160,8 @@ def test_first_backend_out_of_quota_runners_on_second_and_jobs_complete(
         stop.set()
         service.join(60)
     assert not service.is_alive()
-    created = JOBS + 1  # at least: the first pool runner, one per job (less one served by the pool), the refill
+    # at least: the first pool runner, one per job (less the one the pool served), the refill
+    created = JOBS + 1
     try:
         # OpenStack was asked every time and refused every time; nothing was left there
         posts = [r for r in full_cloud.requests if r[0] == "POST" and "/servers" in r[1]]
