@@ -629,11 +629,11 @@ class Demo:
         self.json_path = json_path
         self.timeout = timeout
         self.log_level = log_level
-        self.console = console or Console(highlight=False)
-        if (
-            not self.console.is_terminal and console is None
-        ):  # logs and pipes: wide enough for names
-            self.console = Console(highlight=False, width=120)
+        if console is None:
+            console = Console(highlight=False)
+            if not console.is_terminal:  # logs and pipes: wide enough for the runner names
+                console = Console(highlight=False, width=120)
+        self.console = console
         self.err = Console(stderr=True, highlight=False)
         self.result = DemoResult(jobs_total=jobs)
         self.started = time.monotonic()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import email.utils
 import logging
+import math
 import random
 import re
 import threading
@@ -224,7 +225,7 @@ def _int_or_none(text: str | None) -> int | None:
         return None
     try:
         return int(float(text.strip()))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         return None
 
 
@@ -263,9 +264,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     text = value.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:  # "inf" or "nan" is no time to wait for: unreadable
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -74,8 +74,12 @@ def run_cli(config: Path, *args: str, timeout: float = 120) -> subprocess.Comple
     """Run ``github-runner-manager --config CONFIG ARGS`` once; capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "github_runner_manager.cli", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=timeout, env=cli_env(), check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        check=False,
+    )
 
 
 def proc_start(pid: int | None) -> str | None:
@@ -155,10 +159,26 @@ class RedisProc:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
         def ready() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
@@ -237,10 +257,21 @@ class Manager:
             log.write(f"=== start {self.starts} at {time.time():.3f}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "github_runner_manager.cli", "--config", str(self.config),
-                 "--log-level", "info", "run"],
-                stdout=log, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "github_runner_manager.cli",
+                    "--config",
+                    str(self.config),
+                    "--log-level",
+                    "info",
+                    "run",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=cli_env(),
+                start_new_session=True,
+            )
         self.starts += 1
         self.pids.append(self.process.pid)
         if wait:
@@ -332,9 +363,16 @@ def kill_instances(state_file: Path) -> None:
 # ------------------------------------------------------------------------------------------- fleet
 def default_groups(**overrides: Any) -> list[dict[str, Any]]:
     group = {
-        "name": "small", "labels": ["small"], "backend": "fake", "min_idle": 1, "max_runners": 6,
-        "cpu": 1, "memory": "1GiB", "disk": "2GiB", "paths": [ORG],
-    }  # fmt: skip
+        "name": "small",
+        "labels": ["small"],
+        "backend": "fake",
+        "min_idle": 1,
+        "max_runners": 6,
+        "cpu": 1,
+        "memory": "1GiB",
+        "disk": "2GiB",
+        "paths": [ORG],
+    }
     group.update(overrides)
     return [group]
 
@@ -366,10 +404,18 @@ class Fleet:
         fake = overrides.pop("fake", {})
         directory = self.tmp / unit
         data: dict[str, Any] = {
-            "github": {"url": self.emulator.url, "token": TOKEN, "paths": [ORG],
-                       "poll_interval": "3s", "timeout": 5},
-            "webhook": {"listen": f"127.0.0.1:{free_port()}", "path": "/webhook",
-                        "secret": WEBHOOK_SECRET},
+            "github": {
+                "url": self.emulator.url,
+                "token": TOKEN,
+                "paths": [ORG],
+                "poll_interval": "3s",
+                "timeout": 5,
+            },
+            "webhook": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "path": "/webhook",
+                "secret": WEBHOOK_SECRET,
+            },
             "redis": {"url": self.redis_url, "key_prefix": KEY_PREFIX},
             "reconcile_interval": "3s",
             "register_timeout": "60s",
@@ -380,11 +426,15 @@ class Fleet:
             "state_dir": str(directory / "state"),
             "metrics_listen": f"127.0.0.1:{free_port()}",
             "runner_groups": default_groups(),
-            "backends": {"fake": {
-                "mode": "local", "state_file": str(directory / "fake.json"),
-                "work_dir": str(directory / "work"), "create_latency": "0.3s",
-            }},
-        }  # fmt: skip
+            "backends": {
+                "fake": {
+                    "mode": "local",
+                    "state_file": str(directory / "fake.json"),
+                    "work_dir": str(directory / "work"),
+                    "create_latency": "0.3s",
+                }
+            },
+        }
         data["backends"]["fake"].update(fake)
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -434,7 +484,11 @@ class Fleet:
         """GitHub's runners with our prefix (the emulator's model, no REST cost)."""
         with self.emulator.state.lock:
             return {
-                r.name: {"id": r.id, "busy": r.job_id is not None, "online": self.emulator.state.is_online(r)}
+                r.name: {
+                    "id": r.id,
+                    "busy": r.job_id is not None,
+                    "online": self.emulator.state.is_online(r),
+                }
                 for r in self.emulator.state.runners.values()
                 if r.name.startswith(f"{PREFIX}-")
             }
@@ -449,10 +503,13 @@ class Fleet:
     def jobs(self) -> dict[int, dict[str, Any]]:
         return {int(j["id"]): j for j in self.emulator.control.jobs()}
 
-    def queue_job(self, steps: list[str] | None = None, labels: Iterable[str] = ("self-hosted", "small"), repo: str | None = None) -> int:
-        return self.emulator.control.queue_job(
-            repo or REPOS[0], list(labels), steps or ["echo ok"]
-        )
+    def queue_job(
+        self,
+        steps: list[str] | None = None,
+        labels: Iterable[str] = ("self-hosted", "small"),
+        repo: str | None = None,
+    ) -> int:
+        return self.emulator.control.queue_job(repo or REPOS[0], list(labels), steps or ["echo ok"])
 
     def wait_jobs_done(self, job_ids: Iterable[int], timeout: float) -> dict[int, dict[str, Any]]:
         wanted = set(job_ids)
@@ -465,7 +522,11 @@ class Fleet:
             wait_for(done, timeout, interval=0.25, what=f"{len(wanted)} jobs completed")
         except TimeoutError:
             jobs = self.jobs()
-            left = {j: (jobs[j]["status"], jobs[j]["runner_name"]) for j in wanted if jobs[j]["status"] != "completed"}
+            left = {
+                j: (jobs[j]["status"], jobs[j]["runner_name"])
+                for j in wanted
+                if jobs[j]["status"] != "completed"
+            }
             raise AssertionError(f"jobs not completed: {left}\n{self.tails()}") from None
         jobs = self.jobs()
         return {j: jobs[j] for j in wanted}
@@ -503,14 +564,20 @@ class Fleet:
         records = {n: r for n, r in self.records().items() if r.get("unit") == manager.unit}
         for name, data in instances.items():
             if name not in records:
-                problems.append(f"{manager.unit}: leaked instance {name} ({data.get('state')}) has no record")
+                problems.append(
+                    f"{manager.unit}: leaked instance {name} ({data.get('state')}) has no record"
+                )
             if data.get("state") == "pending" and not instance_alive(data):
-                problems.append(f"{manager.unit}: instance {name} left mid-creation by a dead creator")
+                problems.append(
+                    f"{manager.unit}: instance {name} left mid-creation by a dead creator"
+                )
         for name, rec in records.items():
             if rec.get("state") in ("creating", "deleting"):
                 problems.append(f"{manager.unit}: record {name} stuck {rec.get('state')}")
             elif name not in instances:
-                problems.append(f"{manager.unit}: record {name} ({rec.get('state')}) has no instance")
+                problems.append(
+                    f"{manager.unit}: record {name} ({rec.get('state')}) has no instance"
+                )
         return problems
 
 
@@ -548,7 +615,7 @@ class Sampler:
                 github = self.fleet.github_runners()
                 instances = self.fleet.all_instances()
                 records = self.fleet.redis.scard(f"{KEY_PREFIX}:runners")
-            except Exception as exc:  # noqa: BLE001 - a read racing a replace or a Redis outage: sample again
+            except Exception as exc:
                 self.errors.append(repr(exc))
                 continue
             live = {n for n, (_u, d) in instances.items() if d.get("state") != "deleting"}
@@ -563,8 +630,14 @@ class Sampler:
 
 
 @contextlib.contextmanager
-def producer(fleet: Fleet, gen: random.Random, *, gap: tuple[float, float], steps: Callable[[int], list[str]],
-             limit: int | None = None) -> Iterator[list[int]]:
+def producer(
+    fleet: Fleet,
+    gen: random.Random,
+    *,
+    gap: tuple[float, float],
+    steps: Callable[[int], list[str]],
+    limit: int | None = None,
+) -> Iterator[list[int]]:
     """Queue jobs in a thread at seeded random gaps until the block ends; yields the job ids."""
     ids: list[int] = []
     stop = threading.Event()
@@ -575,7 +648,7 @@ def producer(fleet: Fleet, gen: random.Random, *, gap: tuple[float, float], step
         while not stop.is_set() and (limit is None or n < limit):
             try:
                 ids.append(fleet.queue_job(steps(n), repo=REPOS[n % len(REPOS)]))
-            except BaseException as exc:  # noqa: BLE001 - reported when the block ends
+            except BaseException as exc:
                 errors.append(exc)
                 return
             n += 1
@@ -628,7 +701,9 @@ def redis_dump(client: redis_lib.Redis) -> list[bytes]:
 KNOWN_BUGS: dict[str, re.Pattern[str]] = {
     "BUG-1 (manager.py): a delete interrupted by a crash keeps its 'delete:<runner>' lease for 300 s "
     "(120 s for stale creations), so no reconcile or flush can resume it until then: the record stays "
-    "'deleting' and counts against the caps, and the instance keeps running": re.compile(r"stuck deleting"),
+    "'deleting' and counts against the caps, and the instance keeps running": re.compile(
+        r"stuck deleting"
+    ),
 }
 
 

@@ -39,8 +39,16 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 
 def _group(**overrides: Any) -> list[dict[str, Any]]:
-    group = {"name": "small", "labels": ["small"], "backend": "fake", "min_idle": 0, "max_runners": 6,
-             "cpu": 1, "memory": "1GiB", "paths": ["acme"]}  # fmt: skip
+    group = {
+        "name": "small",
+        "labels": ["small"],
+        "backend": "fake",
+        "min_idle": 0,
+        "max_runners": 6,
+        "cpu": 1,
+        "memory": "1GiB",
+        "paths": ["acme"],
+    }
     group.update(overrides)
     return [group]
 
@@ -50,7 +58,9 @@ def _counter(fleet: Fleet, name: str) -> int:
 
 
 def _settled(fleet: Fleet, manager: Manager) -> list[str]:
-    return fleet.unit_problems(manager) + [f"orphan GitHub runner {n}" for n in fleet.orphan_github_runners()]
+    return fleet.unit_problems(manager) + [
+        f"orphan GitHub runner {n}" for n in fleet.orphan_github_runners()
+    ]
 
 
 def test_create_failures_are_undone_counted_and_retried(fleet: Fleet) -> None:
@@ -80,13 +90,21 @@ def test_create_failures_are_undone_counted_and_retried(fleet: Fleet) -> None:
     threading.Event().wait(window)  # the window over which attempts are counted
     attempts = _counter(fleet, "runner_create_failures") - before
     log = fleet.emulator.control.stats()["request_log"]
-    jit = sum(1 for e in log if e["token"] == key and e["time"] >= since and "generate-jitconfig" in e["path"])
+    jit = sum(
+        1
+        for e in log
+        if e["token"] == key and e["time"] >= since and "generate-jitconfig" in e["path"]
+    )
     gaps: list[float] = []
     if problems_in := _settled(fleet, manager):
-        problems += [f"while every create fails: {p}" for p in problems_in if "stuck creating" not in p]
+        problems += [
+            f"while every create fails: {p}" for p in problems_in if "stuck creating" not in p
+        ]
     rate = attempts / window
     if rate > 2.0:
-        problems.append(f"create retry storm: {attempts} attempts in {window:g}s with one job waiting")
+        problems.append(
+            f"create retry storm: {attempts} attempts in {window:g}s with one job waiting"
+        )
     assert manager.stop() == 0
     manager.data["backends"]["fake"]["fail_rate"] = 0.0
     manager.start()
@@ -97,10 +115,18 @@ def test_create_failures_are_undone_counted_and_retried(fleet: Fleet) -> None:
     problems += [f"log: {line}" for line in no_traceback(manager.log_text())]
     report(
         "backend-create-failures",
-        {"jobs": len(jobs) + 1, "failed_creates_fail_rate_0.5": failures, "metric_backend_errors": metric,
-         "attempts_all_failing": attempts, "window_seconds": window, "attempts_per_second": round(rate, 2),
-         "jit_registrations_meanwhile": jit, "gaps": gaps, "problems": len(problems)},
-    )  # fmt: skip
+        {
+            "jobs": len(jobs) + 1,
+            "failed_creates_fail_rate_0.5": failures,
+            "metric_backend_errors": metric,
+            "attempts_all_failing": attempts,
+            "window_seconds": window,
+            "attempts_per_second": round(rate, 2),
+            "jit_registrations_meanwhile": jit,
+            "gaps": gaps,
+            "problems": len(problems),
+        },
+    )
     settle(problems, manager.tail(60))
 
 
@@ -121,7 +147,9 @@ def test_slow_creates_keep_the_service_answering(fleet: Fleet) -> None:
         threading.Event().wait(0.25)
     done = fleet.wait_jobs_done(jobs, 30)
     took = time.monotonic() - started
-    problems = [f"job {j}: {d['conclusion']}" for j, d in done.items() if d["conclusion"] != "success"]
+    problems = [
+        f"job {j}: {d['conclusion']}" for j, d in done.items() if d["conclusion"] != "success"
+    ]
     if any(code != 200 for code in health):
         problems.append(f"health answers while creating: {health}")
     creates = manager.metric("ghrm_backend_create_seconds_count")
@@ -130,16 +158,27 @@ def test_slow_creates_keep_the_service_answering(fleet: Fleet) -> None:
     if manager.metric("ghrm_reconcile_total", {"result": "ok"}) <= reconciles:
         problems.append("no reconcile completed while creates were slow")
     problems += [f"log: {line}" for line in no_traceback(manager.log_text())]
-    report("backend-slow-creates", {"jobs": 4, "create_latency": 3, "seconds": round(took, 1),
-                                    "health_ok": health.count(200), "problems": len(problems)})  # fmt: skip
+    report(
+        "backend-slow-creates",
+        {
+            "jobs": 4,
+            "create_latency": 3,
+            "seconds": round(took, 1),
+            "health_ok": health.count(200),
+            "problems": len(problems),
+        },
+    )
     settle(problems, manager.tail(60))
 
 
 def test_instances_that_never_register_are_replaced(fleet: Fleet) -> None:
     manager = fleet.add(
-        "u0", runner_groups=_group(min_idle=1), register_timeout="4s", reconcile_interval="1s",
+        "u0",
+        runner_groups=_group(min_idle=1),
+        register_timeout="4s",
+        reconcile_interval="1s",
         fake={"mode": "memory"},
-    )  # fmt: skip
+    )
     fleet.start()
     seen: set[str] = set()
     most_instances = most_github = 0
@@ -155,14 +194,24 @@ def test_instances_that_never_register_are_replaced(fleet: Fleet) -> None:
     if len(seen) < 3:
         problems.append(f"never-registered instances not replaced: only {sorted(seen)} in 20 s")
     if most_instances > 2 or most_github > 2:
-        problems.append(f"never-registered instances pile up: {most_instances} instances, {most_github} GitHub runners")
+        problems.append(
+            f"never-registered instances pile up: {most_instances} instances, {most_github} GitHub runners"
+        )
     gone = seen - set(manager.instances())
     left = gone & set(fleet.github_runners())
     if left:
         problems.append(f"JIT registrations of removed instances left on GitHub: {sorted(left)}")
     problems += [f"log: {line}" for line in no_traceback(manager.log_text())]
-    report("backend-never-register", {"instances_seen": len(seen), "removed": len(gone), "max_instances": most_instances,
-                                      "max_github_runners": most_github, "problems": len(problems)})  # fmt: skip
+    report(
+        "backend-never-register",
+        {
+            "instances_seen": len(seen),
+            "removed": len(gone),
+            "max_instances": most_instances,
+            "max_github_runners": most_github,
+            "problems": len(problems),
+        },
+    )
     settle(problems, manager.tail(60))
 
 
@@ -171,18 +220,34 @@ def test_vanished_instances_are_cleaned_up(fleet: Fleet) -> None:
     manager = fleet.add("u0", runner_groups=_group(min_idle=1), offline_timeout="5s")
     fleet.start()
     problems: list[str] = []
-    wait_for(lambda: any(r["online"] for r in fleet.github_runners().values()), 60, what="an idle runner online")
+    wait_for(
+        lambda: any(r["online"] for r in fleet.github_runners().values()),
+        60,
+        what="an idle runner online",
+    )
     # 1. an idle runner's machine dies
     idle = next(n for n, r in fleet.github_runners().items() if r["online"])
     os.killpg(manager.instances()[idle]["pid"], signal.SIGKILL)
     try:
-        wait_for(lambda: idle not in manager.instances() and idle not in fleet.records()
-                 and idle not in fleet.github_runners(), 60, what=f"dead idle runner {idle} removed")  # fmt: skip
+        wait_for(
+            lambda: (
+                idle not in manager.instances()
+                and idle not in fleet.records()
+                and idle not in fleet.github_runners()
+            ),
+            60,
+            what=f"dead idle runner {idle} removed",
+        )
     except TimeoutError:
-        problems.append(f"dead idle runner {idle} not cleaned up: instance {manager.instances().get(idle)}, "
-                        f"record {fleet.records().get(idle)}, github {fleet.github_runners().get(idle)}")  # fmt: skip
-    wait_for(lambda: any(r["online"] for n, r in fleet.github_runners().items() if n != idle), 60,
-             what="a replacement runner online")  # fmt: skip
+        problems.append(
+            f"dead idle runner {idle} not cleaned up: instance {manager.instances().get(idle)}, "
+            f"record {fleet.records().get(idle)}, github {fleet.github_runners().get(idle)}"
+        )
+    wait_for(
+        lambda: any(r["online"] for n, r in fleet.github_runners().items() if n != idle),
+        60,
+        what="a replacement runner online",
+    )
     # 2. a busy runner's machine disappears from the backend altogether
     job = fleet.queue_job(["sleep 30"])
     wait_for(lambda: fleet.jobs()[job]["status"] == "in_progress", 60, what="the job running")
@@ -204,11 +269,16 @@ def test_vanished_instances_are_cleaned_up(fleet: Fleet) -> None:
     if done[job]["conclusion"] == "success":
         problems.append("the job of the vanished machine succeeded?")
     try:
-        wait_for(lambda: busy not in fleet.records() and busy not in fleet.github_runners(), 60,
-                 what=f"vanished busy runner {busy} cleaned up")  # fmt: skip
+        wait_for(
+            lambda: busy not in fleet.records() and busy not in fleet.github_runners(),
+            60,
+            what=f"vanished busy runner {busy} cleaned up",
+        )
     except TimeoutError:
-        problems.append(f"vanished busy runner {busy} left: record {fleet.records().get(busy)}, "
-                        f"github {fleet.github_runners().get(busy)}")  # fmt: skip
+        problems.append(
+            f"vanished busy runner {busy} left: record {fleet.records().get(busy)}, "
+            f"github {fleet.github_runners().get(busy)}"
+        )
     later = fleet.queue_job(["echo replaced"])
     if fleet.wait_jobs_done([later], 60)[later]["conclusion"] != "success":
         problems.append("no replacement served the next job")

@@ -58,7 +58,9 @@ def report(name: str, summary: dict[str, Any]) -> None:
             out.write(line + "\n")
 
 
-def trigger(fleet: Fleet, victim: Manager, moment: str, state: dict[str, Any]) -> Callable[[], bool]:
+def trigger(
+    fleet: Fleet, victim: Manager, moment: str, state: dict[str, Any]
+) -> Callable[[], bool]:
     """A condition that is true at the moment ``moment`` of ``victim``'s current process."""
     pid = victim.pid
     assert pid is not None
@@ -93,10 +95,20 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
     for unit in ("u0", "u1"):
         fleet.add(
             unit,
-            runner_groups=[{"name": "small", "labels": ["small"], "backend": "fake", "min_idle": 1,
-                            "max_runners": 8, "cpu": 1, "memory": "1GiB", "paths": ["acme"]}],
+            runner_groups=[
+                {
+                    "name": "small",
+                    "labels": ["small"],
+                    "backend": "fake",
+                    "min_idle": 1,
+                    "max_runners": 8,
+                    "cpu": 1,
+                    "memory": "1GiB",
+                    "paths": ["acme"],
+                }
+            ],
             fake={"create_latency": "0.4s", "delete_latency": "0.3s"},
-        )  # fmt: skip
+        )
     fleet.start()
     problems: list[str] = []
     moments: Counter[str] = Counter()
@@ -107,7 +119,10 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
     durations = [round(jobs_gen.uniform(0.2, 1.5), 2) for _ in range(10_000)]
     started = time.monotonic()
     with producer(
-        fleet, rng("crash-gaps"), gap=(0.8, 2.0), steps=lambda n: [f"sleep {durations[n]}", "echo ok"]
+        fleet,
+        rng("crash-gaps"),
+        gap=(0.8, 2.0),
+        steps=lambda n: [f"sleep {durations[n]}", "echo ok"],
     ) as produced:
         for round_ in range(kills):
             victim = fleet.managers[gen.randrange(len(fleet.managers))]
@@ -127,17 +142,24 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
             snapshot = victim.instances()
             assert victim.kill(signal.SIGKILL) == -signal.SIGKILL
             inflight["pending instances"] += sum(
-                1 for d in snapshot.values() if d.get("state") == "pending" and d.get("creator_pid") == pid
+                1
+                for d in snapshot.values()
+                if d.get("state") == "pending" and d.get("creator_pid") == pid
             )
-            inflight["deleting instances"] += sum(1 for d in snapshot.values() if d.get("state") == "deleting")
+            inflight["deleting instances"] += sum(
+                1 for d in snapshot.values() if d.get("state") == "deleting"
+            )
             records = fleet.records()
             inflight["creating records"] += sum(
-                1 for r in records.values() if r.get("unit") == victim.unit and r.get("state") == "creating"
+                1
+                for r in records.values()
+                if r.get("unit") == victim.unit and r.get("state") == "creating"
             )
             inflight["busy runners"] += sum(
-                1 for n, r in fleet.github_runners().items()
+                1
+                for n, r in fleet.github_runners().items()
                 if r["busy"] and records.get(n, {}).get("unit") == victim.unit
-            )  # fmt: skip
+            )
             result = run_cli(victim.config, "--log-level", "info", "reconcile")
             if result.returncode != 0 or no_traceback(result.stderr):
                 problems.append(
@@ -150,12 +172,18 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
             victim.start()
     jobs = state["jobs"] + produced
     done = fleet.wait_jobs_done(jobs, timeout=240)
-    failed = {j: (d["conclusion"], d["runner_name"]) for j, d in done.items() if d["conclusion"] != "success"}
+    failed = {
+        j: (d["conclusion"], d["runner_name"])
+        for j, d in done.items()
+        if d["conclusion"] != "success"
+    }
     if failed:
         problems.append(f"jobs that did not succeed (a busy runner lost its machine?): {failed}")
     names = [d["runner_name"] for d in done.values()]
     if len(set(names)) != len(names) or not all(n and n.startswith("ghr-") for n in names):
-        problems.append(f"jobs not each on their own runner of ours: {Counter(names).most_common(3)}")
+        problems.append(
+            f"jobs not each on their own runner of ours: {Counter(names).most_common(3)}"
+        )
 
     # quiescent: stop both, one reconcile each, everything agrees; then flush leaves nothing
     for manager in fleet.managers:
@@ -185,9 +213,17 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
     except TimeoutError:
         pass  # reported below
     records = fleet.records()
-    problems += [f"after flush: record {n} stuck deleting" for n, r in records.items() if r.get("state") == "deleting"]
+    problems += [
+        f"after flush: record {n} stuck deleting"
+        for n, r in records.items()
+        if r.get("state") == "deleting"
+    ]
     leftovers = (
-        {n: i for n, i in fleet.all_instances().items() if n not in records or records[n].get("state") != "deleting"},
+        {
+            n: i
+            for n, i in fleet.all_instances().items()
+            if n not in records or records[n].get("state") != "deleting"
+        },
         {n: r for n, r in records.items() if r.get("state") != "deleting"},
         fleet.github_runners(),
     )
@@ -199,12 +235,17 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
     report(
         "crash",
         {
-            "form": "full" if kills > 6 else "short", "kills": kills, "moments": dict(moments),
-            "moments_reached": dict(reached), "in_flight_at_kill": dict(inflight), "jobs": len(jobs),
-            "jobs_failed": len(failed), "problems": len(problems),
+            "form": "full" if kills > 6 else "short",
+            "kills": kills,
+            "moments": dict(moments),
+            "moments_reached": dict(reached),
+            "in_flight_at_kill": dict(inflight),
+            "jobs": len(jobs),
+            "jobs_failed": len(failed),
+            "problems": len(problems),
             "seconds": round(time.monotonic() - started, 1),
         },
-    )  # fmt: skip
+    )
     settle(problems, fleet.tails())
 
 
@@ -228,8 +269,11 @@ def _popen_cli(config: Any, *args: str) -> Any:
 
     return subprocess.Popen(
         [sys.executable, "-m", "github_runner_manager.cli", "--config", str(config), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        start_new_session=True,
+    )
 
 
 @pytest.mark.parametrize("moment", ["delete", "create"])
@@ -242,23 +286,38 @@ def test_sigkill_mid_operation_then_one_reconcile_settles_it(fleet: Fleet, momen
     manager = fleet.add("u0", hook=False, reconcile_interval="1h")
     first = run_cli(manager.config, "reconcile")
     assert first.returncode == 0, first.stderr
-    wait_for(lambda: any(r["online"] for r in fleet.github_runners().values()), 30, what="runner online")
+    wait_for(
+        lambda: any(r["online"] for r in fleet.github_runners().values()), 30, what="runner online"
+    )
     if moment == "delete":
         slow = _popen_cli(_variant(manager, delete_latency="5s"), "flush")
-        wait_for(lambda: any(d["state"] == "deleting" for d in manager.instances().values()), 30,
-                 interval=0.01, what="a delete in progress")  # fmt: skip
+        wait_for(
+            lambda: any(d["state"] == "deleting" for d in manager.instances().values()),
+            30,
+            interval=0.01,
+            what="a delete in progress",
+        )
     else:
         slow = _popen_cli(_variant(manager, create_latency="5s"), "reconcile", "--quantity", "2")
-        wait_for(lambda: any(d["state"] == "pending" for d in manager.instances().values()), 30,
-                 interval=0.01, what="a create in progress")  # fmt: skip
+        wait_for(
+            lambda: any(d["state"] == "pending" for d in manager.instances().values()),
+            30,
+            interval=0.01,
+            what="a create in progress",
+        )
     import os
 
     os.killpg(slow.pid, signal.SIGKILL)
     slow.wait(10)
     again = run_cli(manager.config, "--log-level", "info", "reconcile")
     assert again.returncode == 0, again.stderr
-    problems = fleet.unit_problems(manager) + [f"orphan GitHub runner {n}" for n in fleet.orphan_github_runners()]
+    problems = fleet.unit_problems(manager) + [
+        f"orphan GitHub runner {n}" for n in fleet.orphan_github_runners()
+    ]
     settle(problems, again.stderr[-4000:])
     flushed = run_cli(manager.config, "flush", "--busy")
     assert flushed.returncode == 0, flushed.stderr
-    assert fleet.records() == {} and manager.instances() == {}, (fleet.records(), flushed.stderr[-3000:])
+    assert fleet.records() == {} and manager.instances() == {}, (
+        fleet.records(),
+        flushed.stderr[-3000:],
+    )

@@ -40,13 +40,26 @@ def _start(fleet: Fleet, **overrides: Any) -> Manager:
         "u0",
         github={"poll_interval": "1s", "timeout": 2},
         reconcile_interval="2s",
-        runner_groups=[{"name": "small", "labels": ["small"], "backend": "fake", "min_idle": 2,
-                        "max_runners": 6, "cpu": 1, "memory": "1GiB", "paths": ["acme"]}],
+        runner_groups=[
+            {
+                "name": "small",
+                "labels": ["small"],
+                "backend": "fake",
+                "min_idle": 2,
+                "max_runners": 6,
+                "cpu": 1,
+                "memory": "1GiB",
+                "paths": ["acme"],
+            }
+        ],
         **overrides,
-    )  # fmt: skip
+    )
     fleet.start()
-    wait_for(lambda: sum(r["online"] and not r["busy"] for r in fleet.github_runners().values()) >= 2,
-             60, what="the idle pool online")  # fmt: skip
+    wait_for(
+        lambda: sum(r["online"] and not r["busy"] for r in fleet.github_runners().values()) >= 2,
+        60,
+        what="the idle pool online",
+    )
     return manager
 
 
@@ -60,10 +73,26 @@ def test_read_faults_keep_serving_and_delete_nothing(fleet: Fleet) -> None:
     gen = rng("github-read-faults")
     phases: list[tuple[str, list[dict[str, Any]], bool]] = [
         ("malformed listing", [{"route": LIST, "malformed": True}], True),
-        ("5xx burst", [{"route": "*", "status": s, "probability": 0.6, "seed": gen.randrange(10**6), "count": 40}
-                       for s in (500, 502, 503)], False),  # fmt: skip
+        (
+            "5xx burst",
+            [
+                {
+                    "route": "*",
+                    "status": s,
+                    "probability": 0.6,
+                    "seed": gen.randrange(10**6),
+                    "count": 40,
+                }
+                for s in (500, 502, 503)
+            ],
+            False,
+        ),
         ("hanging listing", [{"route": LIST, "hang": True, "hang_seconds": 30}], True),
-        ("slow everything", [{"route": "*", "latency": 1.5, "probability": 0.5, "seed": gen.randrange(10**6)}], True),
+        (
+            "slow everything",
+            [{"route": "*", "latency": 1.5, "probability": 0.5, "seed": gen.randrange(10**6)}],
+            True,
+        ),
     ]
     problems: list[str] = []
     figures: dict[str, Any] = {}
@@ -84,9 +113,15 @@ def test_read_faults_keep_serving_and_delete_nothing(fleet: Fleet) -> None:
             threading.Event().wait(0.5)
         if job is not None:
             try:
-                wait_for(lambda: fleet.jobs()[job]["status"] == "completed", 60, what=f"the job of phase {name}")
+                wait_for(
+                    lambda: fleet.jobs()[job]["status"] == "completed",
+                    60,
+                    what=f"the job of phase {name}",
+                )
             except TimeoutError:
-                problems.append(f"{name}: job {job} not served during the fault: {fleet.jobs()[job]['status']}")
+                problems.append(
+                    f"{name}: job {job} not served during the fault: {fleet.jobs()[job]['status']}"
+                )
             jobs.append(job)
         fleet.emulator.control.clear_faults()
         ended = time.time()
@@ -95,29 +130,48 @@ def test_read_faults_keep_serving_and_delete_nothing(fleet: Fleet) -> None:
         instances = manager.instances()
         for runner in set(before) - took:
             if runner not in after or runner not in instances:
-                problems.append(f"{name}: idle runner {runner} deleted on data that could not be read")
+                problems.append(
+                    f"{name}: idle runner {runner} deleted on data that could not be read"
+                )
         ids = {str(before[r]["id"]) for r in set(before) - took}
-        deletes = [e for e in _log(fleet) if e["method"] == "DELETE" and started <= e["time"] <= ended
-                   and e["path"].rsplit("/", 1)[-1] in ids]  # fmt: skip
+        deletes = [
+            e
+            for e in _log(fleet)
+            if e["method"] == "DELETE"
+            and started <= e["time"] <= ended
+            and e["path"].rsplit("/", 1)[-1] in ids
+        ]
         if deletes:
             problems.append(f"{name}: DELETE of idle runners reached GitHub: {deletes}")
         if not manager.alive():
             problems.append(f"{name}: the manager died")
         if any(code != 200 for code in health):
             problems.append(f"{name}: health answers {health}")
-        figures[name] = {"faults": sum(f.get("count") or 0 for f in faults) or "until cleared", "health_ok": health.count(200)}
+        figures[name] = {
+            "faults": sum(f.get("count") or 0 for f in faults) or "until cleared",
+            "health_ok": health.count(200),
+        }
     done = fleet.wait_jobs_done(jobs, 60)
     failed = {j: d["conclusion"] for j, d in done.items() if d["conclusion"] != "success"}
     if failed:
         problems.append(f"jobs not successful: {failed}")
     problems += [f"log: {line}" for line in no_traceback(manager.log_text())]
     stats = fleet.emulator.control.stats()
-    report("github-read-faults", {"phases": figures, "faults_injected": stats["faults_injected"],
-                                  "jobs": len(jobs), "problems": len(problems)})  # fmt: skip
+    report(
+        "github-read-faults",
+        {
+            "phases": figures,
+            "faults_injected": stats["faults_injected"],
+            "jobs": len(jobs),
+            "problems": len(problems),
+        },
+    )
     settle(problems, manager.tail(80))
 
 
-def _quiet_after(log: list[dict[str, Any]], limited: dict[str, Any], until: float) -> list[dict[str, Any]]:
+def _quiet_after(
+    log: list[dict[str, Any]], limited: dict[str, Any], until: float
+) -> list[dict[str, Any]]:
     """Requests that completed after the limit answer (past the in-flight grace) but before ``until``."""
     return [e for e in log if limited["time"] + IN_FLIGHT < e["time"] < until]
 
@@ -129,17 +183,26 @@ def test_rate_limits_are_waited_out_without_requests(fleet: Fleet) -> None:
     for name, status, retry_after in (("429", 429, 4), ("403 secondary", 403, 4)):
         since = time.time()
         fleet.emulator.control.fault(route="*", status=status, retry_after=retry_after, count=1)
-        wait_for(lambda: any(e["status"] == status and e["time"] >= since for e in _log(fleet)), 30,
-                 what=f"the {name} answer")  # fmt: skip
+        wait_for(
+            lambda: any(e["status"] == status and e["time"] >= since for e in _log(fleet)),
+            30,
+            what=f"the {name} answer",
+        )
         limited = next(e for e in _log(fleet) if e["status"] == status and e["time"] >= since)
-        wait_for(lambda: any(e["time"] > limited["time"] + retry_after for e in _log(fleet)), 30,
-                 what=f"requests resuming after {name}")  # fmt: skip
+        wait_for(
+            lambda: any(e["time"] > limited["time"] + retry_after for e in _log(fleet)),
+            30,
+            what=f"requests resuming after {name}",
+        )
         early = _quiet_after(_log(fleet), limited, limited["time"] + retry_after - 0.05)
         if early:
             problems.append(f"{name}: {len(early)} requests during retry-after: {early[:3]}")
         resumed = min(e["time"] for e in _log(fleet) if e["time"] > limited["time"] + IN_FLIGHT)
-        figures[name] = {"retry_after": retry_after, "silence": round(resumed - limited["time"], 2),
-                         "early_requests": len(early)}  # fmt: skip
+        figures[name] = {
+            "retry_after": retry_after,
+            "silence": round(resumed - limited["time"], 2),
+            "early_requests": len(early),
+        }
         fleet.emulator.control.clear_faults()
 
     # the primary budget is spent, its reset a few seconds ahead (with a few units left the client
@@ -154,18 +217,28 @@ def test_rate_limits_are_waited_out_without_requests(fleet: Fleet) -> None:
         limiter._budgets[key] = Budget(limit=limit, used=limit, reset=reset)
     since = time.time()
     job = fleet.queue_job(["echo after the budget"])
-    wait_for(lambda: any(e["status"] == 403 and e["time"] >= since for e in _log(fleet)), 30,
-             what="the budget running out")  # fmt: skip
+    wait_for(
+        lambda: any(e["status"] == 403 and e["time"] >= since for e in _log(fleet)),
+        30,
+        what="the budget running out",
+    )
     limited = next(e for e in _log(fleet) if e["status"] == 403 and e["time"] >= since)
     spent_403 = sum(1 for e in _log(fleet) if e["status"] == 403 and since <= e["time"] < reset)
-    wait_for(lambda: any(e["time"] > reset for e in _log(fleet)), 60, what="requests after the reset")
+    wait_for(
+        lambda: any(e["time"] > reset for e in _log(fleet)), 60, what="requests after the reset"
+    )
     early = _quiet_after(_log(fleet), limited, reset)
     if early:
         problems.append(f"primary budget: {len(early)} requests before the reset: {early[:3]}")
     if spent_403 > 3:
-        problems.append(f"primary budget: {spent_403} requests answered 403 before the reset (a storm)")
-    figures["primary budget"] = {"reset_in": round(reset - limited["time"], 2), "answered_403": spent_403,
-                                 "early_requests": len(early)}  # fmt: skip
+        problems.append(
+            f"primary budget: {spent_403} requests answered 403 before the reset (a storm)"
+        )
+    figures["primary budget"] = {
+        "reset_in": round(reset - limited["time"], 2),
+        "answered_403": spent_403,
+        "early_requests": len(early),
+    }
     done = fleet.wait_jobs_done([job], 90)
     if done[job]["conclusion"] != "success":
         problems.append(f"job after the budget: {done[job]['conclusion']}")

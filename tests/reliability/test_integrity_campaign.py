@@ -58,7 +58,9 @@ def test_tampered_runner_tarball_is_refused_and_the_old_one_kept(fleet: Fleet) -
     fleet.emulator.control.set_runner_app(version="2.322.0", tamper_checksum=True)
     tampered = run_cli(manager.config, "update-runner-bin")
     if tampered.returncode != 1 or "sha256" not in tampered.stderr:
-        problems.append(f"tampered tarball not refused: exit {tampered.returncode}: {tampered.stderr[-800:]}")
+        problems.append(
+            f"tampered tarball not refused: exit {tampered.returncode}: {tampered.stderr[-800:]}"
+        )
     if _snapshot(cache) != good:
         problems.append(f"cache changed by a refused update: {good} -> {_snapshot(cache)}")
 
@@ -68,18 +70,33 @@ def test_tampered_runner_tarball_is_refused_and_the_old_one_kept(fleet: Fleet) -
     done = fleet.wait_jobs_done([job], 90)[job]
     output = " ".join(str(s.get("output") or "") for s in done["steps"])
     if done["conclusion"] != "success" or "2.321.0" not in output:
-        problems.append(f"job did not run on the old verified runner: {done['conclusion']} {output!r}")
+        problems.append(
+            f"job did not run on the old verified runner: {done['conclusion']} {output!r}"
+        )
     assert manager.stop() == 0
 
     # an update killed mid-download keeps the cache as it was
     fleet.emulator.control.set_runner_app(version="2.323.0", tamper_checksum=False)
     fleet.emulator.control.fault(route="/_emulator/runner-app/*", hang=True, hang_seconds=60)
     updater = subprocess.Popen(
-        [sys.executable, "-m", "github_runner_manager.cli", "--config", str(manager.config), "update-runner-bin"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True,
-    )  # fmt: skip
-    wait_for(lambda: any(f["hits"] for f in fleet.emulator.control._call("GET", "faults")), 30,
-             what="the download in flight")  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "github_runner_manager.cli",
+            "--config",
+            str(manager.config),
+            "update-runner-bin",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    wait_for(
+        lambda: any(f["hits"] for f in fleet.emulator.control._call("GET", "faults")),
+        30,
+        what="the download in flight",
+    )
     os.killpg(updater.pid, signal.SIGKILL)
     updater.wait(10)
     fleet.emulator.control.clear_faults()
@@ -94,25 +111,39 @@ def test_tampered_runner_tarball_is_refused_and_the_old_one_kept(fleet: Fleet) -
     meta = json.loads((cache / "runner-binary.json").read_text())
     expected = {"runner-binary.json", "actions-runner-linux-x64-2.323.0.tar.gz"}
     if meta["version"] != "2.323.0" or set(after) != expected:
-        problems.append(f"after a clean update the cache holds {sorted(after)} (metadata {meta['version']})")
+        problems.append(
+            f"after a clean update the cache holds {sorted(after)} (metadata {meta['version']})"
+        )
     if set(after) - expected:
-        problems.append(f"partial downloads left in the runner cache: {sorted(set(after) - expected)}")
-    report("integrity-runner-binary", {"tampered_refused": tampered.returncode == 1, "partial_after_kill": partial,
-                                       "problems": len(problems)})  # fmt: skip
+        problems.append(
+            f"partial downloads left in the runner cache: {sorted(set(after) - expected)}"
+        )
+    report(
+        "integrity-runner-binary",
+        {
+            "tampered_refused": tampered.returncode == 1,
+            "partial_after_kill": partial,
+            "problems": len(problems),
+        },
+    )
     settle(problems)
 
 
 # ----------------------------------------------------------------------------------- runner image
 def _lxd_ready() -> bool:
     try:
-        result = subprocess.run(["lxc", "query", "/1.0"], capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            ["lxc", "query", "/1.0"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0 and '"api_status"' in result.stdout
 
 
 def _lxc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["lxc", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        ["lxc", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _alias_target(alias: str) -> str | None:
@@ -129,7 +160,10 @@ def _tiny_image(directory: Path, marker: str) -> str:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
         for name, text in (
-            ("metadata.yaml", f"architecture: x86_64\ncreation_date: {int(time_.time())}\nproperties:\n  description: {marker}\n"),
+            (
+                "metadata.yaml",
+                f"architecture: x86_64\ncreation_date: {int(time_.time())}\nproperties:\n  description: {marker}\n",
+            ),
             ("rootfs/etc/marker", marker + "\n"),
         ):
             data = text.encode()
@@ -161,7 +195,9 @@ def test_failed_or_tampered_image_build_keeps_the_old_alias(tmp_path: Path) -> N
     lxd = _lxd_ready()
     prefix = f"ghrm-rel-{uuid.uuid4().hex[:6]}"
     alias = f"{prefix}-debian-bookworm"
-    shared_cache = Path(os.environ.get("GHRM_TEST_CACHE", "/var/cache/github-runner-tests")) / "image-cache"
+    shared_cache = (
+        Path(os.environ.get("GHRM_TEST_CACHE", "/var/cache/github-runner-tests")) / "image-cache"
+    )
     # the short form fails early (no root filesystem is built); the full form also fails after the
     # (cached, when the LXD tests ran on this machine) build steps and after the import
     steps = ["preflight", "runner"] + (["customize", "pack", "import"] if FULL and lxd else [])
@@ -171,11 +207,17 @@ def test_failed_or_tampered_image_build_keeps_the_old_alias(tmp_path: Path) -> N
 
     def options(**overrides: Any) -> ImageBuildOptions:
         values: dict[str, Any] = {
-            "runner_tarball": tarball, "runner_sha256": sha256, "runner_version": version,
-            "alias_prefix": prefix, "vm": False, "lxd": lxd, "log_file": tmp_path / "build.log",
-            "cache_dir": shared_cache if FULL and lxd else tmp_path / "cache", "output_dir": tmp_path / "out",
+            "runner_tarball": tarball,
+            "runner_sha256": sha256,
+            "runner_version": version,
+            "alias_prefix": prefix,
+            "vm": False,
+            "lxd": lxd,
+            "log_file": tmp_path / "build.log",
+            "cache_dir": shared_cache if FULL and lxd else tmp_path / "cache",
+            "output_dir": tmp_path / "out",
             "timeout": 1800.0,
-        }  # fmt: skip
+        }
         values.update(overrides)
         return ImageBuildOptions(**values)
 
@@ -193,7 +235,9 @@ def test_failed_or_tampered_image_build_keeps_the_old_alias(tmp_path: Path) -> N
             except ImageBuildError as exc:
                 outcomes[name] = exc.exit_code
                 if exc.exit_code != code:
-                    problems.append(f"{name}: exit {exc.exit_code}, expected {code}: {exc} {exc.output[-600:]}")
+                    problems.append(
+                        f"{name}: exit {exc.exit_code}, expected {code}: {exc} {exc.output[-600:]}"
+                    )
             if lxd and _alias_target(alias) != old:
                 problems.append(f"{name}: the alias moved to {_alias_target(alias)} (was {old})")
         if lxd:
@@ -203,11 +247,19 @@ def test_failed_or_tampered_image_build_keeps_the_old_alias(tmp_path: Path) -> N
                 problems.append(f"images left by failed builds: {stray}")
     finally:
         if lxd:
-            for entry in json.loads(_lxc("query", "/1.0/images/aliases?recursion=1").stdout or "[]"):
+            for entry in json.loads(
+                _lxc("query", "/1.0/images/aliases?recursion=1").stdout or "[]"
+            ):
                 if entry["name"].startswith(prefix):
                     _lxc("image", "delete", entry["target"])
             if old:
                 _lxc("image", "delete", old)
-    report("integrity-image", {"mode": "lxd" if lxd else "no-lxd (image.py error paths only; no alias)",
-                               "builds_refused": outcomes, "problems": len(problems)})  # fmt: skip
+    report(
+        "integrity-image",
+        {
+            "mode": "lxd" if lxd else "no-lxd (image.py error paths only; no alias)",
+            "builds_refused": outcomes,
+            "problems": len(problems),
+        },
+    )
     settle(problems)

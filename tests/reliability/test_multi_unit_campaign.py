@@ -14,7 +14,16 @@ from collections import Counter
 import pytest
 
 from github_emulator import token_key
-from tests.reliability.harness import TOKEN, Fleet, Sampler, form, no_traceback, producer, rng, settle
+from tests.reliability.harness import (
+    TOKEN,
+    Fleet,
+    Sampler,
+    form,
+    no_traceback,
+    producer,
+    rng,
+    settle,
+)
 from tests.reliability.test_crash_campaign import report
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -24,17 +33,34 @@ CAP = 4
 
 def test_three_units_never_exceed_the_shared_cap(fleet: Fleet) -> None:
     jobs_wanted = form(15, 60)
-    groups = [{"name": "small", "labels": ["small"], "backend": "fake", "min_idle": 1, "max_runners": 10,
-               "cpu": 1, "memory": "1GiB", "paths": ["acme"]}]  # fmt: skip
+    groups = [
+        {
+            "name": "small",
+            "labels": ["small"],
+            "backend": "fake",
+            "min_idle": 1,
+            "max_runners": 10,
+            "cpu": 1,
+            "memory": "1GiB",
+            "paths": ["acme"],
+        }
+    ]
     for unit in ("u0", "u1", "u2"):
-        fleet.add(unit, runner_groups=groups, max_total_runners=CAP, fake={"create_latency": "0.2s"})
+        fleet.add(
+            unit, runner_groups=groups, max_total_runners=CAP, fake={"create_latency": "0.2s"}
+        )
     durations = rng("multi-unit-durations")
     lengths = [round(durations.uniform(0.3, 1.5), 2) for _ in range(jobs_wanted)]
     started = time.monotonic()
     with Sampler(fleet, cap=CAP) as sampler:
         fleet.start()
-        with producer(fleet, rng("multi-unit-gaps"), gap=(0.0, 0.4), limit=jobs_wanted,
-                      steps=lambda n: [f"sleep {lengths[n]}", "echo ok"]) as ids:  # fmt: skip
+        with producer(
+            fleet,
+            rng("multi-unit-gaps"),
+            gap=(0.0, 0.4),
+            limit=jobs_wanted,
+            steps=lambda n: [f"sleep {lengths[n]}", "echo ok"],
+        ) as ids:
             while len(ids) < jobs_wanted and time.monotonic() - started < 120:
                 time.sleep(0.1)
         done = fleet.wait_jobs_done(ids, 240)
@@ -51,17 +77,35 @@ def test_three_units_never_exceed_the_shared_cap(fleet: Fleet) -> None:
     if sampler.samples < 50:
         problems.append(f"only {sampler.samples} samples")
     if sampler.github_max < CAP:
-        problems.append(f"the fleet never reached its cap ({sampler.github_max} < {CAP}): a weak test")
+        problems.append(
+            f"the fleet never reached its cap ({sampler.github_max} < {CAP}): a weak test"
+        )
     log = fleet.emulator.control.stats()["request_log"]
-    jit = sum(1 for e in log if e["token"] == token_key(TOKEN) and "generate-jitconfig" in e["path"] and e["status"] == 201)
+    jit = sum(
+        1
+        for e in log
+        if e["token"] == token_key(TOKEN)
+        and "generate-jitconfig" in e["path"]
+        and e["status"] == 201
+    )
     for manager in fleet.managers:
         problems += [f"{manager.unit} log: {line}" for line in no_traceback(manager.log_text())]
     report(
         "multi-unit",
-        {"form": "full" if jobs_wanted > 15 else "short", "units": 3, "cap": CAP, "jobs": len(ids),
-         "samples": sampler.samples, "max_github_runners": sampler.github_max,
-         "max_instances": sampler.instance_max, "max_records": sampler.record_max,
-         "over_cap_samples": len(sampler.over), "runners_registered": jit, "jobs_failed": len(failed),
-         "seconds": round(time.monotonic() - started, 1), "problems": len(problems)},
-    )  # fmt: skip
+        {
+            "form": "full" if jobs_wanted > 15 else "short",
+            "units": 3,
+            "cap": CAP,
+            "jobs": len(ids),
+            "samples": sampler.samples,
+            "max_github_runners": sampler.github_max,
+            "max_instances": sampler.instance_max,
+            "max_records": sampler.record_max,
+            "over_cap_samples": len(sampler.over),
+            "runners_registered": jit,
+            "jobs_failed": len(failed),
+            "seconds": round(time.monotonic() - started, 1),
+            "problems": len(problems),
+        },
+    )
     settle(problems, fleet.tails())

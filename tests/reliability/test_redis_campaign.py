@@ -39,7 +39,9 @@ def _watch(fleet: Fleet, stop: threading.Event, seen: dict[str, Any]) -> None:
     while not stop.wait(0.2):
         for manager in fleet.managers:
             if not manager.alive():
-                seen["dead"].append(f"{manager.unit} exited {manager.process.returncode if manager.process else '?'}")
+                seen["dead"].append(
+                    f"{manager.unit} exited {manager.process.returncode if manager.process else '?'}"
+                )
             try:
                 code = requests.get(manager.health_url, timeout=3).status_code
                 seen["health"][code] = seen["health"].get(code, 0) + 1
@@ -62,7 +64,9 @@ def test_redis_outage(private_fleet: Fleet, private_redis: RedisProc) -> None:
     seen: dict[str, Any] = {"dead": [], "health": {}}
     watcher = threading.Thread(target=_watch, args=(fleet, stop, seen), daemon=True)
     watcher.start()
-    reconciles_before = {m.unit: m.metric("ghrm_reconcile_total", {"result": "ok"}) for m in fleet.managers}
+    reconciles_before = {
+        m.unit: m.metric("ghrm_reconcile_total", {"result": "ok"}) for m in fleet.managers
+    }
     private_redis.stop()
     down_at = time.monotonic()
     during = [fleet.queue_job(["echo during"], repo="acme/lib") for _ in range(3)]
@@ -81,43 +85,67 @@ def test_redis_outage(private_fleet: Fleet, private_redis: RedisProc) -> None:
     problems += seen["dead"]
     wait_for(
         lambda: all(
-            m.metric("ghrm_reconcile_total", {"result": "ok"}) > reconciles_before[m.unit] for m in fleet.managers
+            m.metric("ghrm_reconcile_total", {"result": "ok"}) > reconciles_before[m.unit]
+            for m in fleet.managers
         ),
-        60, what="reconciles succeeding again",
-    )  # fmt: skip
+        60,
+        what="reconciles succeeding again",
+    )
     errors = {m.unit: m.metric("ghrm_reconcile_total", {"result": "error"}) for m in fleet.managers}
     deliveries = fleet.emulator.control.deliveries()
-    failed_deliveries = sum(1 for d in deliveries if not str(d.get("status_code", "")).startswith("2"))
+    failed_deliveries = sum(
+        1 for d in deliveries if not str(d.get("status_code", "")).startswith("2")
+    )
     for manager in fleet.managers:
         problems += [f"{manager.unit} log: {line}" for line in no_traceback(manager.log_text())]
         if not manager.alive():
             problems.append(f"{manager.unit} is not running")
     records, instances = fleet.records(), fleet.all_instances()
     if set(records) != set(instances):
-        wait_for(lambda: set(fleet.records()) == set(fleet.all_instances()), 30, what="records == instances")
+        wait_for(
+            lambda: set(fleet.records()) == set(fleet.all_instances()),
+            30,
+            what="records == instances",
+        )
     report(
         "redis-outage",
-        {"form": "full" if outage >= 30 else "short", "outage_seconds": outage, "jobs": len(done),
-         "jobs_failed": len(failed), "webhook_deliveries_failed": failed_deliveries,
-         "reconcile_errors": errors, "health_answers": seen["health"], "problems": len(problems)},
-    )  # fmt: skip
+        {
+            "form": "full" if outage >= 30 else "short",
+            "outage_seconds": outage,
+            "jobs": len(done),
+            "jobs_failed": len(failed),
+            "webhook_deliveries_failed": failed_deliveries,
+            "reconcile_errors": errors,
+            "health_answers": seen["health"],
+            "problems": len(problems),
+        },
+    )
     assert errors and all(v >= 1 for v in errors.values()), f"the outage went unnoticed: {errors}"
     settle(problems, fleet.tails())
 
 
-def test_redis_emptied_is_rebuilt_within_one_reconcile(private_fleet: Fleet, private_redis: RedisProc, tmp_path: Any) -> None:
+def test_redis_emptied_is_rebuilt_within_one_reconcile(
+    private_fleet: Fleet, private_redis: RedisProc, tmp_path: Any
+) -> None:
     fleet = private_fleet
     gate = tmp_path / "gate"
     for unit in ("u0", "u1"):
         fleet.add(unit)
     fleet.start()
-    gated = [fleet.queue_job([f"while [ ! -e {gate} ]; do sleep 0.1; done", "echo released"]) for _ in range(2)]
+    gated = [
+        fleet.queue_job([f"while [ ! -e {gate} ]; do sleep 0.1; done", "echo released"])
+        for _ in range(2)
+    ]
     wait_for(
-        lambda: all(fleet.jobs()[j]["status"] == "in_progress" for j in gated)
-        and sum(r["busy"] for r in fleet.github_runners().values()) == 2
-        and sum(1 for r in fleet.github_runners().values() if r["online"] and not r["busy"]) >= 2,
-        90, what="2 busy runners and the idle pool online",
-    )  # fmt: skip
+        lambda: (
+            all(fleet.jobs()[j]["status"] == "in_progress" for j in gated)
+            and sum(r["busy"] for r in fleet.github_runners().values()) == 2
+            and sum(1 for r in fleet.github_runners().values() if r["online"] and not r["busy"])
+            >= 2
+        ),
+        90,
+        what="2 busy runners and the idle pool online",
+    )
     for manager in fleet.managers:
         assert manager.stop() == 0, manager.tail()
     snapshot = {m.unit: m.instances() for m in fleet.managers}
@@ -146,7 +174,9 @@ def test_redis_emptied_is_rebuilt_within_one_reconcile(private_fleet: Fleet, pri
             elif name in busy_before and rec.get("state") != "busy":
                 problems.append(f"busy runner {name} rebuilt as {rec.get('state')}")
     if set(fleet.github_runners()) != github_before:
-        problems.append(f"GitHub runners changed by the rebuild: {sorted(github_before)} -> {sorted(fleet.github_runners())}")
+        problems.append(
+            f"GitHub runners changed by the rebuild: {sorted(github_before)} -> {sorted(fleet.github_runners())}"
+        )
     if set(records) != set(records_before):
         problems.append(f"records rebuilt {sorted(records)} != before {sorted(records_before)}")
 
@@ -154,10 +184,15 @@ def test_redis_emptied_is_rebuilt_within_one_reconcile(private_fleet: Fleet, pri
     fleet.start()
     fleet.redis.flushall()
     try:
-        wait_for(lambda: set(fleet.records()) == set(fleet.all_instances()) and fleet.records(), 60,
-                 what="records rebuilt under the running services")  # fmt: skip
+        wait_for(
+            lambda: set(fleet.records()) == set(fleet.all_instances()) and fleet.records(),
+            60,
+            what="records rebuilt under the running services",
+        )
     except TimeoutError:
-        problems.append(f"live rebuild: records {sorted(fleet.records())} vs instances {sorted(fleet.all_instances())}")
+        problems.append(
+            f"live rebuild: records {sorted(fleet.records())} vs instances {sorted(fleet.all_instances())}"
+        )
     later = [fleet.queue_job(["echo after the flush"]) for _ in range(2)]
     gate.write_text("go")
     done = fleet.wait_jobs_done([*gated, *later], 120)
@@ -168,7 +203,13 @@ def test_redis_emptied_is_rebuilt_within_one_reconcile(private_fleet: Fleet, pri
         problems += [f"{manager.unit} log: {line}" for line in no_traceback(manager.log_text())]
     report(
         "redis-flushall",
-        {"runners_before": len(records_before), "busy_before": len(busy_before),
-         "records_rebuilt": len(records), "jobs": len(done), "jobs_failed": len(failed), "problems": len(problems)},
-    )  # fmt: skip
+        {
+            "runners_before": len(records_before),
+            "busy_before": len(busy_before),
+            "records_rebuilt": len(records),
+            "jobs": len(done),
+            "jobs_failed": len(failed),
+            "problems": len(problems),
+        },
+    )
     settle(problems, fleet.tails())

@@ -72,7 +72,9 @@ def moto(tmp_path: Path) -> Any:
         binary = Path(str(found))
     port = free_port()
     log = open(tmp_path / "moto.log", "wb")
-    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -81,7 +83,9 @@ def moto(tmp_path: Path) -> Any:
 
     try:
         try:
-            wait_for(lambda: process.poll() is None and ready(), 60, interval=0.1, what="moto_server")
+            wait_for(
+                lambda: process.poll() is None and ready(), 60, interval=0.1, what="moto_server"
+            )
         except TimeoutError as exc:
             unavailable(f"moto_server did not start: {exc}")
         yield url
@@ -95,14 +99,37 @@ def moto(tmp_path: Path) -> Any:
 
 
 def test_no_secret_leaks_anywhere(fleet: Fleet, moto: str, tmp_path: Path) -> None:
-    aws = {"region": "us-east-1", "endpoint_url": moto, "access_key_id": "AKIARELIABILITY00001",
-           "secret_access_key": CLOUD_SECRET, "timeout": 10, "max_attempts": 2}  # fmt: skip
+    aws = {
+        "region": "us-east-1",
+        "endpoint_url": moto,
+        "access_key_id": "AKIARELIABILITY00001",
+        "secret_access_key": CLOUD_SECRET,
+        "timeout": 10,
+        "max_attempts": 2,
+    }
     groups = [
-        {"name": "small", "labels": ["small"], "backends": ["fake", "aws"], "min_idle": 1, "max_runners": 4,
-         "cpu": 1, "memory": "1GiB", "paths": ["acme"]},
-        {"name": "cloud", "labels": ["cloud"], "backend": "aws", "image": AMI, "min_idle": 1, "max_runners": 1,
-         "cpu": 2, "memory": "4GiB", "paths": ["acme"]},
-    ]  # fmt: skip
+        {
+            "name": "small",
+            "labels": ["small"],
+            "backends": ["fake", "aws"],
+            "min_idle": 1,
+            "max_runners": 4,
+            "cpu": 1,
+            "memory": "1GiB",
+            "paths": ["acme"],
+        },
+        {
+            "name": "cloud",
+            "labels": ["cloud"],
+            "backend": "aws",
+            "image": AMI,
+            "min_idle": 1,
+            "max_runners": 1,
+            "cpu": 2,
+            "memory": "4GiB",
+            "paths": ["acme"],
+        },
+    ]
     for unit in ("u0", "u1"):
         manager = fleet.add(unit, runner_groups=groups)
         manager.data["backends"]["aws"] = aws
@@ -110,16 +137,28 @@ def test_no_secret_leaks_anywhere(fleet: Fleet, moto: str, tmp_path: Path) -> No
     fleet.start()
     jobs = [fleet.queue_job(["echo job $RUNNER_NAME", "env | grep -c . "]) for _ in range(4)]
     done = fleet.wait_jobs_done(jobs, 120)
-    problems = [f"job {j}: {d['conclusion']}" for j, d in done.items() if d["conclusion"] != "success"]
+    problems = [
+        f"job {j}: {d['conclusion']}" for j, d in done.items() if d["conclusion"] != "success"
+    ]
 
     import boto3
 
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto,
-                       aws_access_key_id="AKIARELIABILITY00001", aws_secret_access_key=CLOUD_SECRET)  # fmt: skip
+    ec2 = boto3.client(
+        "ec2",
+        region_name="us-east-1",
+        endpoint_url=moto,
+        aws_access_key_id="AKIARELIABILITY00001",
+        aws_secret_access_key=CLOUD_SECRET,
+    )
 
     def cloud_instances() -> list[str]:
         found = ec2.describe_instances()["Reservations"]
-        return [i["InstanceId"] for r in found for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+        return [
+            i["InstanceId"]
+            for r in found
+            for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"
+        ]
 
     wait_for(cloud_instances, 60, what="a runner instance in the cloud")
     user_data = []
@@ -161,8 +200,13 @@ def test_no_secret_leaks_anywhere(fleet: Fleet, moto: str, tmp_path: Path) -> No
     # CLI output, including error paths
     outputs: dict[str, subprocess.CompletedProcess[str]] = {}
     config = fleet.managers[0].config
-    for args in (("status",), ("status", "--json"), ("dumpconfig",), ("--log-level", "debug", "reconcile"),
-                 ("update-runner-bin", "--check")):  # fmt: skip
+    for args in (
+        ("status",),
+        ("status", "--json"),
+        ("dumpconfig",),
+        ("--log-level", "debug", "reconcile"),
+        ("update-runner-bin", "--check"),
+    ):
         outputs[" ".join(args)] = run_cli(config, *args)
     bad = yaml.safe_load(config.read_text())
     bad["github"]["token"] = [TOKEN]
@@ -180,9 +224,13 @@ def test_no_secret_leaks_anywhere(fleet: Fleet, moto: str, tmp_path: Path) -> No
     for name, result in outputs.items():
         problems += leaks((result.stdout + result.stderr).encode(), f"CLI `{name}` output")
     if outputs["dumpconfig"].returncode != 0 or "**********" not in outputs["dumpconfig"].stdout:
-        problems.append(f"dumpconfig did not show redacted secrets: {outputs['dumpconfig'].stderr[-500:]}")
+        problems.append(
+            f"dumpconfig did not show redacted secrets: {outputs['dumpconfig'].stderr[-500:]}"
+        )
     if outputs["dumpconfig (secrets misplaced)"].returncode != 2:
-        problems.append(f"misplaced secrets not refused: {outputs['dumpconfig (secrets misplaced)']}")
+        problems.append(
+            f"misplaced secrets not refused: {outputs['dumpconfig (secrets misplaced)']}"
+        )
 
     # every file the run wrote, while runners are up (their work dirs go with them) and again at the end
     files = _scan_files(tmp_path, problems)
@@ -199,11 +247,20 @@ def test_no_secret_leaks_anywhere(fleet: Fleet, moto: str, tmp_path: Path) -> No
     modes = {str(m.config): oct(m.config.stat().st_mode & 0o777) for m in fleet.managers}
     report(
         "secrets",
-        {"jobs": len(jobs), "processes_scanned": scanned, "own_processes": len(ours), "files_scanned": files,
-         "redis_items": len(dump), "cli_outputs": len(outputs) + len(fleet.managers),
-         "cloud_user_data": len(user_data), "problems": len(problems)},
-    )  # fmt: skip
-    problems += [f"config file {p} readable by others ({m})" for p, m in modes.items() if m != "0o600"]
+        {
+            "jobs": len(jobs),
+            "processes_scanned": scanned,
+            "own_processes": len(ours),
+            "files_scanned": files,
+            "redis_items": len(dump),
+            "cli_outputs": len(outputs) + len(fleet.managers),
+            "cloud_user_data": len(user_data),
+            "problems": len(problems),
+        },
+    )
+    problems += [
+        f"config file {p} readable by others ({m})" for p, m in modes.items() if m != "0o600"
+    ]
     settle(problems, fleet.tails())
 
 

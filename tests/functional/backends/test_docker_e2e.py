@@ -257,50 +257,12 @@ def test_jobs_run_inside_docker_containers_and_complete(
         f"http://{config.webhook.listen}{config.webhook.path}", SECRET, org=ORG
     )
     manager = RunnerManager(config)
-    manager.validate()  # the image is on the daemon
     stop = threading.Event()
     service = threading.Thread(target=manager.serve, args=(stop,), daemon=True)
     try:
+        manager.validate()  # the image is on the daemon
         service.start()
-        # the min_idle runner: a container whose runner came online on GitHub
-        wait_for(
-            lambda: any(r["status"] == "online" for r in _ours(emulator, prefix)),
-            60, interval=0.2, what="the idle pool runner online",
-        )  # fmt: skip
-        steps = [
-            {"name": "hostname", "command": "hostname"},
-            {"name": "os-release", "command": "cat /etc/os-release"},
-            {"name": "in a container", "command": "test -f /.dockerenv && echo dockerenv"},
-        ]
-        job_ids = [
-            emulator.control.queue_job(f"{ORG}/{REPO}", ["self-hosted", LABEL], steps)
-            for _ in range(JOBS)
-        ]
-
-        def finished() -> bool:
-            return all(emulator.control.get_job(j)["status"] == "completed" for j in job_ids)
-
-        try:
-            wait_for(finished, 90, interval=0.25, what=f"{JOBS} jobs completed")
-        except TimeoutError:
-            jobs = [emulator.control.get_job(j) for j in job_ids]
-            raise AssertionError(
-                f"jobs not completed: {[(j['id'], j['status'], j['runner_name']) for j in jobs]}; "
-                f"containers: {[(c['Names'], c['State']) for c in containers(dockerd.base_url, prefix)]}"
-            ) from None
-        jobs = [emulator.control.get_job(j) for j in job_ids]
-        assert [j["conclusion"] for j in jobs] == ["success"] * JOBS, jobs
-        runners = [j["runner_name"] for j in jobs]
-        assert len(set(runners)) == JOBS, runners  # ephemeral: one job per runner
-        for job in jobs:
-            by_name = {s["name"]: s for s in job["steps"]}
-            # the job ran in the runner's own container: its hostname is the runner (container) name
-            assert by_name["hostname"]["output"].strip() == job["runner_name"], job
-            assert job["runner_name"].startswith(f"{prefix}-dock-")
-            assert "Debian GNU/Linux 12 (bookworm)" in by_name["os-release"]["output"]
-            assert by_name["in a container"]["output"].strip() == "dockerenv"
-        assert {r.backend for r in manager.store.list_runners()} <= {"docker"}
-
+        runners = run_jobs(emulator, dockerd.base_url, prefix)
         # the husks (containers whose ephemeral runner exited) are removed by the service, and
         # the min_idle pool is refilled with a fresh container
         wait_for(
@@ -313,21 +275,99 @@ def test_jobs_run_inside_docker_containers_and_complete(
                         for r in _ours(emulator, prefix)),
             60, interval=0.25, what="the pool refilled",
         )  # fmt: skip
-    finally:
         stop.set()
         service.join(60)
-    assert not service.is_alive()
-    try:
-        # the pool runner (and anything the loop made meanwhile) goes with a flush
-        assert containers(dockerd.base_url, prefix), "the min_idle pool runner should be left"
+        assert not service.is_alive()
+
+        # the pool runner's container got the JIT config in its environment and the user-data
+        # file; the GitHub token is nowhere in it
+        [pool] = containers(dockerd.base_url, prefix)
+        inspected = inspect(dockerd.base_url, pool["Id"])
+        env = dict(e.split("=", 1) for e in inspected["Config"]["Env"])
+        assert env["RUNNER_JITCONFIG"] and env["RUNNER_NAME"] == pool["Names"][0].lstrip("/")
+        assert TOKEN not in str(inspected)
+        copied = user_data(dockerd.base_url, pool["Id"])
+        assert env["RUNNER_JITCONFIG"] in copied and TOKEN not in copied
+
+        # a flush leaves no container, no GitHub runner and no record
         manager.flush(flush_busy=True)
         assert containers(dockerd.base_url, prefix) == []
         assert manager.backend("docker").list() == []
         assert _ours(emulator, prefix) == []
         assert manager.store.list_runners() == []
     finally:
+        stop.set()
+        if service.is_alive():
+            service.join(60)
         manager.close()
         remove_containers(dockerd.base_url, prefix)
+
+
+def run_jobs(emulator: Any, base_url: str, prefix: str) -> list[str]:
+    """Queue the jobs once the pool runner is online; check where and how they ran; their runners."""
+    # the min_idle runner: a container whose runner came online on GitHub
+    wait_for(
+        lambda: any(r["status"] == "online" for r in _ours(emulator, prefix)),
+        60, interval=0.2, what="the idle pool runner online",
+    )  # fmt: skip
+    steps = [
+        {"name": "hostname", "command": "hostname"},
+        {"name": "os-release", "command": "cat /etc/os-release"},
+        {"name": "in a container", "command": "test -f /.dockerenv && echo dockerenv"},
+    ]
+    job_ids = [
+        emulator.control.queue_job(f"{ORG}/{REPO}", ["self-hosted", LABEL], steps)
+        for _ in range(JOBS)
+    ]
+
+    def finished() -> bool:
+        return all(emulator.control.get_job(j)["status"] == "completed" for j in job_ids)
+
+    try:
+        wait_for(finished, 90, interval=0.25, what=f"{JOBS} jobs completed")
+    except TimeoutError:
+        jobs = [emulator.control.get_job(j) for j in job_ids]
+        raise AssertionError(
+            f"jobs not completed: {[(j['id'], j['status'], j['runner_name']) for j in jobs]}; "
+            f"containers: {[(c['Names'], c['State']) for c in containers(base_url, prefix)]}"
+        ) from None
+    jobs = [emulator.control.get_job(j) for j in job_ids]
+    assert [j["conclusion"] for j in jobs] == ["success"] * JOBS, jobs
+    runners = [j["runner_name"] for j in jobs]
+    assert len(set(runners)) == JOBS, runners  # ephemeral: one job per runner
+    for job in jobs:
+        by_name = {s["name"]: s for s in job["steps"]}
+        # the job ran in the runner's own container: its hostname is the runner (container) name
+        assert job["runner_name"].startswith(f"{prefix}-dock-")
+        assert by_name["hostname"]["output"].strip() == job["runner_name"], job
+        assert "Debian GNU/Linux 12 (bookworm)" in by_name["os-release"]["output"]
+        assert by_name["in a container"]["output"].strip() == "dockerenv"
+    return runners
+
+
+def inspect(base_url: str, container_id: str) -> dict[str, Any]:
+    import docker
+
+    client = docker.DockerClient(base_url=base_url, timeout=30, version="auto")
+    try:
+        return dict(client.api.inspect_container(container_id))
+    finally:
+        client.close()
+
+
+def user_data(base_url: str, container_id: str) -> str:
+    """The user-data file the backend copied into the container."""
+    import docker
+
+    client = docker.DockerClient(base_url=base_url, timeout=30, version="auto")
+    try:
+        stream, _ = client.api.get_archive(container_id, "/var/lib/ghrm/user-data")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+            member = archive.extractfile("user-data")
+            assert member is not None
+            return member.read().decode()
+    finally:
+        client.close()
 
 
 def _ours(emulator: Any, prefix: str) -> list[dict[str, Any]]:

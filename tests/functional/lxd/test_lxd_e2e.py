@@ -33,8 +33,8 @@ ORG = "acme"
 REPOS = ("acme/app", "acme/lib")
 JOBS = 10
 GROUPS = {
-    "small": {"label": "small", "min_idle": 2, "max_runners": 4},
-    "large": {"label": "large", "min_idle": 0, "max_runners": 4},
+    "small": {"label": "small", "min_idle": 2, "max_runners": 5},
+    "large": {"label": "large", "min_idle": 0, "max_runners": 5},
 }
 STEPS = [
     {"name": "hostname", "command": "hostname"},
@@ -105,7 +105,7 @@ def fleet(lxd: LXDInfo, runner_image: RunnerImage, redis_url: str) -> Iterator[F
             "reconcile_interval": "5s",
             "register_timeout": "180s",
             "offline_timeout": "60s",
-            "concurrency": 8,
+            "concurrency": 10,
             "prefix": prefix,
             "unit": "e2e",
             "state_dir": "/tmp/ghrm-e2e-state-unused",

@@ -156,13 +156,12 @@ def test_first_backend_out_of_quota_runners_on_second_and_jobs_complete(
             ),
             60, interval=0.25, what="the husks removed and the pool refilled",
         )  # fmt: skip
-    finally:
         stop.set()
         service.join(60)
-    assert not service.is_alive()
-    # at least: the first pool runner, one per job (less the one the pool served), the refill
-    created = JOBS + 1
-    try:
+        assert not service.is_alive()
+
+        # at least: the first pool runner, one per job (less the one the pool served), the refill
+        created = JOBS + 1
         # OpenStack was asked every time and refused every time; nothing was left there
         posts = [r for r in full_cloud.requests if r[0] == "POST" and "/servers" in r[1]]
         assert len(posts) >= created, full_cloud.requests
@@ -199,6 +198,9 @@ def test_first_backend_out_of_quota_runners_on_second_and_jobs_complete(
         assert manager.store.list_runners() == []
         assert full_cloud.servers == {}
     finally:
+        stop.set()
+        if service.is_alive():
+            service.join(60)
         manager.close()
         _kill_leftovers(state_file)
 
