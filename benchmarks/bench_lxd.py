@@ -2,7 +2,8 @@
 
 * ``lxd_launch_s``: the LXD backend's ``create`` (container from the runner image, the JIT config in
   ``user.jitconfig``, the rendered user-data) until that runner is online at the emulator -- the instance
-  start of the cold target, without the manager. Median of the samples (``lxd_launch_p95_s``: their p95).
+  start of the cold target, without the manager. One sample right before each cold job (so both see the
+  same load on a shared machine); median (``lxd_launch_p95_s``: p95).
 * ``pickup_cold_lxd_{p50,p95,max}_s``: as in bench_pickup (cold, webhooks on), with the ``lxd`` backend;
   ``pickup_cold_lxd_poll_*`` with webhooks lost (full mode).
 
@@ -16,7 +17,7 @@ import subprocess
 from typing import Any
 
 from bench_image import ensure_image, lxd_ready
-from bench_pickup import PREFIX, Scenario, measure_launch, record, run_scenario
+from bench_pickup import PREFIX, Launcher, Scenario, record, record_launch, run_scenario
 from bench_support import Context, Figures, Skip, start_redis, summary
 
 NAME = "lxd"
@@ -71,30 +72,27 @@ def run(ctx: Context) -> Figures:
         "size": GROUP_SIZE,
         "lxd_poll_interval_s": poll,
     }
-    launch = measure_launch(
-        ctx, backend_name="lxd", settings=settings, samples=1 if ctx.quick else 8, host=host,
-        group_extra=group, timeout=300,
-    )  # fmt: skip
-    figures.details["lxd"]["launch"] = launch
-    online = summary(launch["online_s"])
-    created = summary(launch["create_s"])
-    if online["p50"] is None:
-        why = "no container came online: " + "; ".join(launch["failures"])[:400]
-        figures.null(["lxd_launch_s", "lxd_launch_p95_s"], why)
-    else:
-        figures.set("lxd_launch_s", online["p50"])
-        figures.set("lxd_launch_p95_s", online["p95"])
-        figures.set("lxd_launch_max_s", online["max"])
-    if created["p50"] is not None:
-        figures.set("lxd_create_api_s", created["p50"])
     redis = start_redis(ctx.tmp / "redis-lxd")
     try:
         cold = Scenario(
             "cold_lxd", "lxd", settings, min_idle=0, webhook=True, jobs=1 if ctx.quick else 8,
             poll_interval=30.0, group_extra=group, host=host, job_timeout=300,
         )  # fmt: skip
-        ctx.log(f"lxd: cold pickup, {cold.jobs} jobs")
-        record(figures, "cold_lxd", run_scenario(ctx, redis, cold, lxd_cleanup))
+        ctx.log(f"lxd: cold pickup, {cold.jobs} jobs (each after an instance start)")
+        launcher = Launcher(
+            ctx, backend_name="lxd", settings=settings, host=host, group_extra=group, timeout=300
+        )
+        try:
+            outcome = run_scenario(ctx, redis, cold, lxd_cleanup, probe=launcher.once)
+        finally:
+            launcher.close()
+        launch = launcher.result()
+        figures.details["lxd"]["launch"] = launch
+        record_launch(figures, "lxd_launch", launch)
+        created = summary(launch["create_s"])
+        if created["p50"] is not None:
+            figures.set("lxd_create_api_s", created["p50"])
+        record(figures, "cold_lxd", outcome)
         if ctx.quick:
             record(figures, "cold_lxd_poll", None, "skipped in quick mode")
         else:

@@ -18,7 +18,8 @@ Scenarios (``pickup_<scenario>_{p50,p95,max}_s``):
 
 ``fake_launch_<latency>_s`` (median) and ``fake_launch_<latency>_p95_s`` are the instance start of the cold
 target ("cold ≤ instance start + 2 s", compared percentile by percentile): the Fake backend's ``create``
-with a fresh JIT config until that runner is online at the emulator, without the manager.
+with a fresh JIT config until that runner is online at the emulator, without the manager, one sample right
+before each cold job so both see the same load.
 """
 
 from __future__ import annotations
@@ -120,9 +121,17 @@ def list_requests(emu: Any) -> int:
 
 
 def run_scenario(
-    ctx: Context, redis: Any, sc: Scenario, cleanup: Callable[[dict[str, Any]], None]
+    ctx: Context,
+    redis: Any,
+    sc: Scenario,
+    cleanup: Callable[[dict[str, Any]], None],
+    probe: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Start an emulator and a manager process for ``sc``, queue its jobs, collect the latencies."""
+    """Start an emulator and a manager process for ``sc``, queue its jobs, collect the latencies.
+
+    ``probe`` (cold scenarios with webhooks) runs right before each job is queued: one instance-start
+    sample (:class:`Launcher`), taken under the same machine load as the pickup that follows.
+    """
     outcome = Outcome()
     emu = start_emulator(host=sc.host, orgs=[ORG], repos=[REPO], tokens=[TOKEN])
     redis.flush()
@@ -228,6 +237,8 @@ def run_scenario(
                     )
                 except TimeoutError as exc:
                     outcome.failures.append(str(exc))
+                if probe is not None:
+                    probe()
                 before = {r.id for r in _runners(emu)}
                 ids = [queue()]
                 wait_started(ids, sc.job_timeout)
@@ -288,91 +299,114 @@ def fake_settings(ctx: Context, latency: float) -> dict[str, Any]:
     }
 
 
-def measure_launch(
-    ctx: Context,
-    *,
-    backend_name: str,
-    settings: dict[str, Any],
-    samples: int,
-    host: str = "127.0.0.1",
-    group_extra: dict[str, Any] | None = None,
-    timeout: float = 120.0,
-) -> dict[str, Any]:
+class Launcher:
     """Instance start without the manager: ``create`` with a fresh JIT config → the runner is online.
 
-    Returns the per-sample seconds of ``create`` returning and of the runner being online, and failures.
+    One sample per :meth:`once`, against an emulator of its own. The cold scenarios take one sample right
+    before each job, so the instance start and the pickup it is compared with see the same machine load.
     """
-    from github_runner_manager.backends.base import (
-        TAG_GROUP,
-        TAG_OWNER,
-        TAG_PREFIX,
-        TAG_UNIT,
-        InstanceSpec,
-    )
-    from github_runner_manager.backends.registry import create_backend
-    from github_runner_manager.config import GitHubPath, parse_config
-    from github_runner_manager.github import GitHubClient
-    from github_runner_manager.templates import build_context, render_user_data
 
-    emu = start_emulator(host=host, orgs=[ORG], repos=[REPO], tokens=[TOKEN])
-    created: list[float] = []
-    online: list[float] = []
-    failures: list[str] = []
-    backend = create_backend(backend_name, settings, prefix=PREFIX)
-    github = GitHubClient(emu.url, TOKEN)
-    names: list[str] = []
-    try:
-        cfg = parse_config(
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        backend_name: str,
+        settings: dict[str, Any],
+        host: str = "127.0.0.1",
+        group_extra: dict[str, Any] | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        from github_runner_manager.backends.registry import create_backend
+        from github_runner_manager.config import GitHubPath, parse_config
+        from github_runner_manager.github import GitHubClient
+
+        self.backend_name = backend_name
+        self.timeout = timeout
+        self.created: list[float] = []
+        self.online: list[float] = []
+        self.failures: list[str] = []
+        self.emu = start_emulator(host=host, orgs=[ORG], repos=[REPO], tokens=[TOKEN])
+        self.backend = create_backend(backend_name, settings, prefix=PREFIX)
+        self.github = GitHubClient(self.emu.url, TOKEN)
+        work = ctx.tmp / f"launch-{uuid.uuid4().hex[:6]}"
+        self.cfg = parse_config(
             manager_config(
-                github_url=emu.url, token_file=write_secret(ctx.tmp / "launch-token", TOKEN),
-                redis_url="redis://127.0.0.1:1/0", paths=[ORG], state_dir=ctx.tmp / "launch-state",
+                github_url=self.emu.url, token_file=write_secret(work / "token", TOKEN),
+                redis_url="redis://127.0.0.1:1/0", paths=[ORG], state_dir=work / "state",
                 group={"name": GROUP, "labels": LABELS, "backend": backend_name, **(group_extra or {})},
                 backends={backend_name: settings}, prefix=PREFIX,
             )
         )  # fmt: skip
-        group = cfg.runner_groups[0]
-        path = GitHubPath.parse(ORG)
-        for _ in range(samples):
-            name = f"{PREFIX}-{GROUP}-l{uuid.uuid4().hex[:5]}"
-            jit = github.generate_jit_config(path, name, LABELS)
+        self.group = self.cfg.runner_groups[0]
+        self.path = GitHubPath.parse(ORG)
+
+    def once(self) -> None:
+        """One sample: register a JIT runner, create its instance, wait until it is online, delete it."""
+        from github_runner_manager.backends.base import (
+            TAG_GROUP,
+            TAG_OWNER,
+            TAG_PREFIX,
+            TAG_UNIT,
+            InstanceSpec,
+        )
+        from github_runner_manager.templates import build_context, render_user_data
+
+        name = f"{PREFIX}-{GROUP}-l{uuid.uuid4().hex[:5]}"
+        try:
+            jit = self.github.generate_jit_config(self.path, name, LABELS)
             context = build_context(
-                cfg, runner_name=name, group=group, path=path, jit_config=jit.encoded, labels=LABELS,
-                info="benchmark launch", backend=backend_name,
+                self.cfg, runner_name=name, group=self.group, path=self.path, jit_config=jit.encoded,
+                labels=LABELS, info="benchmark launch", backend=self.backend_name,
             )  # fmt: skip
             spec = InstanceSpec(
-                name=name, group=GROUP, image=group.image, cpu=group.cpu, memory=group.memory, disk=group.disk,
-                user_data=render_user_data(context), jit_config=jit.encoded,
-                tags={TAG_PREFIX: PREFIX, TAG_UNIT: "bench-launch", TAG_GROUP: GROUP, TAG_OWNER: ORG},
-                extra={},
+                name=name, group=GROUP, image=self.group.image, cpu=self.group.cpu, memory=self.group.memory,
+                disk=self.group.disk, user_data=render_user_data(context), jit_config=jit.encoded,
+                tags={TAG_PREFIX: PREFIX, TAG_UNIT: "bench-launch", TAG_GROUP: GROUP, TAG_OWNER: ORG}, extra={},
             )  # fmt: skip
-            names.append(name)
-            t0 = time.monotonic()
+        except Exception as exc:  # reported with the figure
+            self.failures.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
+            return
+        t0 = time.monotonic()
+        try:
+            self.backend.create(spec)
+            self.created.append(time.monotonic() - t0)
+
+            def is_online() -> bool:
+                runner = self.emu.state.runners.get(jit.runner_id)
+                return runner is not None and runner.connected_at is not None
+
+            wait_for(is_online, self.timeout, f"runner {name} online", interval=0.02)
+            self.online.append(time.monotonic() - t0)
+        except Exception as exc:  # reported with the figure
+            self.failures.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
+        finally:
             try:
-                backend.create(spec)
-                created.append(time.monotonic() - t0)
-                runner_id = jit.runner_id
+                self.backend.delete(name)
+            except Exception as exc:
+                self.failures.append(f"delete {name}: {exc}"[:200])
 
-                def is_online(runner_id: int = runner_id) -> bool:
-                    runner = emu.state.runners.get(runner_id)
-                    return runner is not None and runner.connected_at is not None
+    def result(self) -> dict[str, Any]:
+        return {"create_s": self.created, "online_s": self.online, "failures": self.failures}
 
-                wait_for(is_online, timeout, f"runner {name} online", interval=0.02)
-                online.append(time.monotonic() - t0)
-            except Exception as exc:  # reported with the figure
-                failures.append(f"{name}: {type(exc).__name__}: {exc}"[:300])
-            finally:
-                try:
-                    backend.delete(name)
-                except Exception as exc:
-                    failures.append(f"delete {name}: {exc}"[:200])
-    finally:
-        for name in names:
-            with contextlib.suppress(Exception):  # best effort; failures were reported above
-                backend.delete(name)
-        backend.close()
-        github.close()
-        emu.stop()
-    return {"create_s": created, "online_s": online, "failures": failures}
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.backend.close()
+        self.github.close()
+        self.emu.stop()
+
+
+def record_launch(figures: Figures, prefix: str, launch: dict[str, Any]) -> None:
+    """``<prefix>_s`` (median), ``<prefix>_p95_s`` and ``<prefix>_max_s`` of the online times."""
+    online = summary(launch["online_s"])
+    keys = [f"{prefix}_s", f"{prefix}_p95_s", f"{prefix}_max_s"]
+    if online["p50"] is None:
+        figures.null(
+            keys, "no instance came online: " + ("; ".join(launch["failures"])[:400] or "no sample")
+        )
+        return
+    figures.set(keys[0], online["p50"])
+    figures.set(keys[1], online["p95"])
+    figures.set(keys[2], online["max"])
 
 
 def record(figures: Figures, key: str, outcome: Outcome | None, reason: str | None = None) -> None:
@@ -439,29 +473,29 @@ def run(ctx: Context) -> Figures:
                 record(figures, f"cold_fake_{key}", None, "skipped in quick mode")
                 record(figures, f"cold_fake_{key}_poll", None, "skipped in quick mode")
                 figures.null(
-                    [f"fake_launch_{key}_s", f"fake_launch_{key}_p95_s"], "skipped in quick mode"
+                    [
+                        f"fake_launch_{key}_s",
+                        f"fake_launch_{key}_p95_s",
+                        f"fake_launch_{key}_max_s",
+                    ],
+                    "skipped in quick mode",
                 )
                 continue
-            launch = measure_launch(
-                ctx,
-                backend_name="fake",
-                settings=fake_settings(ctx, latency),
-                samples=2 if ctx.quick else 5,
-            )
-            figures.details.setdefault("fake_launch", {})[key] = launch
-            online = summary(launch["online_s"])
-            if online["p50"] is None:
-                why = "; ".join(launch["failures"])[:400] or "no sample"
-                figures.null([f"fake_launch_{key}_s", f"fake_launch_{key}_p95_s"], why)
-            else:
-                figures.set(f"fake_launch_{key}_s", online["p50"])
-                figures.set(f"fake_launch_{key}_p95_s", online["p95"])
             cold = Scenario(
                 f"cold_fake_{key}", "fake", fake_settings(ctx, latency), min_idle=0, webhook=True,
                 jobs=2 if ctx.quick else 10, poll_interval=poll_interval,
             )  # fmt: skip
-            ctx.log(f"pickup: cold, create latency {latency:g}s, {cold.jobs} jobs")
-            record(figures, f"cold_fake_{key}", run_scenario(ctx, redis, cold, fake_cleanup))
+            ctx.log(
+                f"pickup: cold, create latency {latency:g}s, {cold.jobs} jobs (each after an instance start)"
+            )
+            launcher = Launcher(ctx, backend_name="fake", settings=fake_settings(ctx, latency))
+            try:
+                outcome = run_scenario(ctx, redis, cold, fake_cleanup, probe=launcher.once)
+            finally:
+                launcher.close()
+            record(figures, f"cold_fake_{key}", outcome)
+            figures.details.setdefault("fake_launch", {})[key] = launcher.result()
+            record_launch(figures, f"fake_launch_{key}", launcher.result())
             cold_poll = Scenario(
                 f"cold_fake_{key}_poll", "fake", fake_settings(ctx, latency), min_idle=0, webhook=False,
                 jobs=2 if ctx.quick else 8, poll_interval=poll_interval,

@@ -368,7 +368,8 @@ def render(result: Result) -> str:
         "interval. Cold jobs taken by a runner that existed before they were queued are left out of the cold "
         "figures (listed as `not_cold` in the details).",
         "* Instance start (the cold target's reference) is the backend's `create` with a fresh JIT config until "
-        "that runner is online at the emulator, without the manager; the cold target is checked percentile by "
+        "that runner is online at the emulator, without the manager, one sample right before each cold job (the "
+        "machine is shared, so both see the same load); the cold target is checked percentile by "
         "percentile (pickup p50 against start p50 + 2 s, p95 against start p95 + 2 s). With webhooks lost there is "
         "no target in the design; the table derives one (a job waits at most one poll interval for the poll).",
         "* Reconcile, create and memory figures use the manager against the emulator and a real redis-server on "

@@ -145,18 +145,23 @@ def test_lifecycle(backend: LXDBackend, runner_image: RunnerImage) -> None:
     assert config["user.ghrm-owner"] == "acme"
     assert "security.privileged" not in expanded
     assert shown["expanded_devices"]["root"]["size"] == "3072MiB"
+
     # The instance sees its keys through devlxd (what the image's first-boot unit reads).
-    seen = lxc(
-        "exec",
-        spec.name,
-        "--",
-        "curl",
-        "-sf",
-        "--unix-socket",
-        "/dev/lxd/sock",
-        "http://lxd/1.0/config/user.ghrm-group",
-    ).stdout
-    assert seen == "small"
+    def devlxd_group() -> str:
+        result = lxc(
+            "exec",
+            spec.name,
+            "--",
+            "curl",
+            "-sf",
+            "--unix-socket",
+            "/dev/lxd/sock",
+            "http://lxd/1.0/config/user.ghrm-group",
+            check=False,
+        )
+        return result.stdout if result.returncode == 0 else ""
+
+    assert wait_for(devlxd_group, timeout=60, interval=0.5, what="devlxd") == "small"
 
     backend.delete(spec.name)
     with pytest.raises(InstanceNotFound):
