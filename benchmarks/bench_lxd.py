@@ -39,6 +39,23 @@ def bridge_address(network: str = "lxdbr0") -> str:
     return out.split("/", 1)[0]
 
 
+def storage_driver(pool: str = "default") -> str | None:
+    """The driver of an LXD storage pool (``dir`` copies the image for every container)."""
+    import json
+
+    try:
+        out = subprocess.run(
+            ["lxc", "query", f"/1.0/storage-pools/{pool}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        return str(json.loads(out).get("driver"))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 def lxd_cleanup(config: dict[str, Any]) -> None:
     from github_runner_manager.backends.lxd import LXDBackend
 
@@ -71,6 +88,7 @@ def run(ctx: Context) -> Figures:
         "bridge_address": host,
         "size": GROUP_SIZE,
         "lxd_poll_interval_s": poll,
+        "storage_driver": storage_driver(),
     }
     redis = start_redis(ctx.tmp / "redis-lxd")
     try:

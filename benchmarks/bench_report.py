@@ -293,6 +293,56 @@ def missed(result: Result) -> list[str]:
     return notes
 
 
+def observations(result: Result) -> list[str]:
+    """What the details show beyond the figures (behaviour worth knowing when reading them)."""
+    out: list[str] = []
+    details = result.get("details", {})
+    fleet = details.get("api", {}).get("fleets", {}).get("500", {}).get("ours", {})
+    ops = fleet.get("job_operations") or {}
+    if ops and fleet.get("jobs"):
+        jobs = fleet["jobs"]
+        parts = ", ".join(
+            f"{name} {fmt(v.get('rate_limit_units', 0) / jobs)}"
+            for name, v in sorted(ops.items())
+            if v.get("rate_limit_units")
+        )
+        out.append(
+            f"* Units per job at 500 runners, by operation ({jobs} jobs): {parts}. `delete_runner` is the removal of "
+            "the finished ephemeral runner, which GitHub has already removed itself (the emulator answers 404)."
+        )
+    pickup = details.get("pickup", {})
+    surplus = {k: len(v.get("not_cold") or []) for k, v in pickup.items() if v.get("not_cold")}
+    if surplus:
+        total = sum(surplus.values())
+        out.append(
+            f"* {total} cold job(s) ({', '.join(f'{k}: {n}' for k, n in surplus.items())}) were taken by a runner that "
+            "existed before they were queued: a surplus runner the manager had created for an earlier job (in the "
+            "manager logs, a webhook-driven create and a concurrent reconcile both created one for the same pending "
+            "job). They are left out of the "
+            "cold figures; the surplus goes at the next reconcile as idle-surplus."
+        )
+    warm = pickup.get("warm", {})
+    recorded = warm.get("manager_recorded_pickup") or {}
+    if _num(recorded.get("p95")) is not None and _num(warm.get("p95")) is not None:
+        out.append(
+            f"* The manager's own pickup metric (Redis `pickup_percentiles`, warm pool) says p95 "
+            f"{fmt(recorded['p95'], 's')}, the emulator {fmt(warm['p95'], 's')}: the manager times jobs from the "
+            "webhook payload's timestamps, which GitHub gives in whole seconds."
+        )
+    lxd = details.get("lxd", {})
+    if lxd.get("storage_driver"):
+        out.append(
+            f"* LXD storage pool driver: `{lxd['storage_driver']}`"
+            + (
+                " (every container gets a full copy of the image; a copy-on-write driver such as btrfs or zfs "
+                "makes `create` much faster)."
+                if lxd["storage_driver"] == "dir"
+                else "."
+            )
+        )
+    return out
+
+
 def render(result: Result) -> str:
     machine = result.get("machine", {})
     api = result.get("details", {}).get("api", {})
@@ -382,6 +432,9 @@ def render(result: Result) -> str:
     ]
     notes = missed(result)
     lines += notes or ["None: every measured figure meets its target."]
+    seen = observations(result)
+    if seen:
+        lines += ["", "## Observations from this run", "", *seen]
     nulls = [
         f"* `{key[: -len('_reason')]}`: {value}"
         for key, value in result.items()
