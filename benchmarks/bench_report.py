@@ -77,6 +77,10 @@ class Row:
         return f"| {self.label} | {shown} | {target} | {self.status(result)} | {self.note} |"
 
 
+#: The service jitters the poll interval by ±10 %, so a job can wait up to 1.1 intervals for the poll.
+POLL_JITTER = 1.1
+
+
 def _const(value: float) -> Callable[[Result], float | None]:
     return lambda _r: value
 
@@ -89,14 +93,15 @@ def _plus(key: str, extra: float, extra_key: str | None = None) -> Callable[[Res
         details = result.get("details", {})
         settings = {**details.get("pickup_settings", {}), **details.get("lxd", {})}
         more = _num(settings.get(extra_key)) if extra_key else 0.0
-        return base + extra + (more or 0.0)
+        # the service waits poll_interval x uniform(0.9, 1.1) between polls
+        return base + extra + POLL_JITTER * (more or 0.0)
 
     return bound
 
 
 def _cold(label: str, key: str, launch: str, extra_key: str | None = None) -> list[Row]:
     """p50 / p95 / max rows of one cold scenario; p50 and p95 against the instance start at that percentile."""
-    poll = " + poll interval" if extra_key else ""
+    poll = " + 1.1 x poll interval" if extra_key else ""
     derived = "derived: " if extra_key else ""
     return [
         Row(
@@ -421,7 +426,8 @@ def render(result: Result) -> str:
         "that runner is online at the emulator, without the manager, one sample right before each cold job (the "
         "machine is shared, so both see the same load); the cold target is checked percentile by "
         "percentile (pickup p50 against start p50 + 2 s, p95 against start p95 + 2 s). With webhooks lost there is "
-        "no target in the design; the table derives one (a job waits at most one poll interval for the poll).",
+        "no target in the design; the table derives one (a job waits at most one poll interval, jittered by up to "
+        "+10 %, for the poll).",
         "* Reconcile, create and memory figures use the manager against the emulator and a real redis-server on "
         "loopback; the emulator shares this machine's CPUs, and its own rate is in the table.",
         "* Image builds use `image.build_runner_image` (scripts/build-runner-image.sh), container image only "

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -26,16 +27,22 @@ import requests
 from github_emulator import token_key
 from tests.parts import wait_for
 from tests.reliability.harness import (
+    TIMEOUT,
     TOKEN,
     Fleet,
     Manager,
     no_traceback,
     pid_alive,
+    report,
     settle,
 )
-from tests.reliability.test_crash_campaign import report
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
+
+
+#: Jobs waiting while every create fails, and for how long attempts are counted.
+WAITING = 3
+WINDOW = 15.0
 
 
 def _group(**overrides: Any) -> list[dict[str, Any]]:
@@ -78,52 +85,61 @@ def test_create_failures_are_undone_counted_and_retried(fleet: Fleet) -> None:
         problems.append(f"create failures not counted: redis {failures}, metric {metric}")
     wait_for(lambda: not _settled(fleet, manager), 30, what="failed creates undone")
 
-    # every create fails: retries stay bounded while the job waits
+    # every create fails (the backend is down): retries back off while the jobs wait
     assert manager.stop() == 0
     manager.data["backends"]["fake"]["fail_rate"] = 1.0
     manager.start()
     key = token_key(TOKEN)
     before = _counter(fleet, "runner_create_failures")
     since = time.time()
-    waiting = fleet.queue_job(["echo finally"])
-    window = 12.0
-    threading.Event().wait(window)  # the window over which attempts are counted
+    waiting = [fleet.queue_job(["echo finally"]) for _ in range(WAITING)]
+    threading.Event().wait(WINDOW)  # the window over which attempts are counted
     attempts = _counter(fleet, "runner_create_failures") - before
-    log = fleet.emulator.control.stats()["request_log"]
-    jit = sum(
-        1
-        for e in log
-        if e["token"] == key and e["time"] >= since and "generate-jitconfig" in e["path"]
-    )
-    gaps: list[float] = []
-    if problems_in := _settled(fleet, manager):
-        problems += [
-            f"while every create fails: {p}" for p in problems_in if "stuck creating" not in p
-        ]
-    rate = attempts / window
-    if rate > 2.0:
+    log = [e for e in fleet.emulator.control.stats()["request_log"] if e["token"] == key]
+    log = [e for e in log if since <= e["time"] <= since + WINDOW]
+    jit = sorted(e["time"] for e in log if "generate-jitconfig" in e["path"])
+    writes = sum(1 for e in log if e["method"] in ("POST", "DELETE"))
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(jit)]
+    third = max(1, len(gaps) // 3)
+    early, late = gaps[:third], gaps[-third:]
+    growing = bool(gaps) and sum(late) / len(late) >= 2 * sum(early) / len(early)
+    per_job = attempts / WAITING
+    if per_job > 8 and not growing:
         problems.append(
-            f"create retry storm: {attempts} attempts in {window:g}s with one job waiting"
+            f"create retries without backoff: {attempts} failed creates for {WAITING} waiting jobs in "
+            f"{WINDOW:g}s ({writes} GitHub writes = {writes * 5} secondary-limit points; gaps {gaps[:12]})"
         )
+    problems += [
+        f"while every create fails: {p}"
+        for p in _settled(fleet, manager)
+        if "stuck creating" not in p and "has no instance" not in p
+    ]
     assert manager.stop() == 0
     manager.data["backends"]["fake"]["fail_rate"] = 0.0
     manager.start()
-    done = fleet.wait_jobs_done([waiting], 60)
-    if done[waiting]["conclusion"] != "success":
-        problems.append(f"waiting job: {done[waiting]['conclusion']}")
+    done = fleet.wait_jobs_done(waiting, 60)
+    problems += [
+        f"waiting job {j}: {d['conclusion']}"
+        for j, d in done.items()
+        if d["conclusion"] != "success"
+    ]
     wait_for(lambda: not _settled(fleet, manager), 30, what="everything settled")
     problems += [f"log: {line}" for line in no_traceback(manager.log_text())]
     report(
         "backend-create-failures",
         {
-            "jobs": len(jobs) + 1,
+            "jobs": len(jobs) + WAITING,
             "failed_creates_fail_rate_0.5": failures,
             "metric_backend_errors": metric,
-            "attempts_all_failing": attempts,
-            "window_seconds": window,
-            "attempts_per_second": round(rate, 2),
-            "jit_registrations_meanwhile": jit,
-            "gaps": gaps,
+            "all_failing": {
+                "waiting_jobs": WAITING,
+                "window_seconds": WINDOW,
+                "failed_creates": attempts,
+                "jit_registrations": len(jit),
+                "github_writes": writes,
+                "gaps": gaps[:20],
+                "backoff": growing,
+            },
             "problems": len(problems),
         },
     )

@@ -31,31 +31,21 @@ import pytest
 from tests.parts import wait_for
 from tests.reliability.harness import (
     KEY_PREFIX,
-    SEED,
+    TIMEOUT,
     Fleet,
     Manager,
     form,
     no_traceback,
     producer,
+    report,
     rng,
     run_cli,
     settle,
 )
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 MOMENTS = ("reconcile", "create", "delete", "intake", "busy", "random")
-
-
-def report(name: str, summary: dict[str, Any]) -> None:
-    """Print the campaign's figures (and keep them under $CHAOS_RESULTS_DIR when set)."""
-    line = json.dumps({"campaign": name, "seed": SEED, **summary}, sort_keys=True)
-    print(f"\nCAMPAIGN {line}")
-    directory = os.environ.get("CHAOS_RESULTS_DIR")
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, f"{name}.json"), "w") as out:
-            out.write(line + "\n")
 
 
 def trigger(
@@ -74,7 +64,11 @@ def trigger(
             for d in victim.instances().values()
         )
     if moment == "delete":
-        return lambda: any(d.get("state") == "deleting" for d in victim.instances().values())
+        # a delete that starts now (not one a known bug left hanging)
+        hanging = {n for n, d in victim.instances().items() if d.get("state") == "deleting"}
+        return lambda: any(
+            d.get("state") == "deleting" and n not in hanging for n, d in victim.instances().items()
+        )
     if moment == "busy":
 
         def busy() -> bool:
@@ -126,7 +120,9 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
     ) as produced:
         for round_ in range(kills):
             victim = fleet.managers[gen.randrange(len(fleet.managers))]
-            moment = MOMENTS[gen.randrange(len(MOMENTS))]
+            if round_ % len(MOMENTS) == 0:  # every moment once per cycle, in a seeded order
+                cycle = gen.sample(MOMENTS, len(MOMENTS))
+            moment = cycle[round_ % len(MOMENTS)]
             moments[moment] += 1
             if moment == "random":
                 threading.Event().wait(gen.uniform(0.0, 3.0))  # the moment itself is the chaos
@@ -305,7 +301,6 @@ def test_sigkill_mid_operation_then_one_reconcile_settles_it(fleet: Fleet, momen
             interval=0.01,
             what="a create in progress",
         )
-    import os
 
     os.killpg(slow.pid, signal.SIGKILL)
     slow.wait(10)

@@ -47,9 +47,9 @@ from github_runner_manager.config import (
 from github_runner_manager.github import GitHubClient, GitHubError
 from github_runner_manager.jobqueue import JobQueue
 from github_runner_manager.webhook import create_app
-from tests.reliability.harness import TOKEN, WEBHOOK_SECRET
+from tests.reliability.harness import TIMEOUT, TOKEN, WEBHOOK_SECRET, report
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(TIMEOUT)]
 
 EXAMPLES = 1000
 FUZZ = settings(
@@ -294,7 +294,7 @@ def test_fuzz_charm_config() -> None:
         )
 
     check()
-    print(f"\ncharm config fuzz: {dict(outcomes)}")
+    report("fuzz-charm-config", {"examples": EXAMPLES, "outcomes": dict(outcomes)})
     assert outcomes["valid"] > 20 and outcomes["blocked"] > 20, outcomes
 
 
@@ -467,7 +467,7 @@ def test_fuzz_manager_yaml() -> None:
                 assert parse_config(yaml.load(doc, Loader=FAST_LOADER)) == cfg
 
         check()
-    print(f"\nmanager YAML fuzz: {dict(outcomes)}")
+    report("fuzz-manager-yaml", {"examples": EXAMPLES, "outcomes": dict(outcomes)})
     assert outcomes["valid"] > 50 and outcomes["error"] > 50, outcomes
 
 
@@ -602,7 +602,7 @@ def test_fuzz_webhook(redis_url: str) -> None:
             assert resp.status_code in (401, 413), (resp.status_code, d)
 
     check()
-    print(f"\nwebhook fuzz: {dict(outcomes)}")
+    report("fuzz-webhook", {"examples": EXAMPLES, "outcomes": dict(outcomes)})
     assert outcomes["enqueued"] > 10 and outcomes["401"] > 100, outcomes
 
 
@@ -936,7 +936,7 @@ def test_fuzz_github_responses(scripted: Scripted) -> None:
         run(first, method, second)
 
     check()
-    print(f"\nGitHub response fuzz: {dict(outcomes)}")
+    report("fuzz-github-responses", {"examples": EXAMPLES, "outcomes": dict(outcomes)})
     assert outcomes["ok"] > 50 and outcomes["GitHubError"] > 50, outcomes
 
 

@@ -24,10 +24,18 @@ import requests
 
 from github_emulator import token_key
 from tests.parts import wait_for
-from tests.reliability.harness import TOKEN, Fleet, Manager, no_traceback, rng, settle
-from tests.reliability.test_crash_campaign import report
+from tests.reliability.harness import (
+    TIMEOUT,
+    TOKEN,
+    Fleet,
+    Manager,
+    no_traceback,
+    report,
+    rng,
+    settle,
+)
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 LIST = "actions/list-self-hosted-runners-for-org"
 #: Seconds after a limit answer during which requests sent before it may still complete.

@@ -25,10 +25,9 @@ from typing import Any
 import pytest
 
 from tests.parts import wait_for
-from tests.reliability.harness import Fleet, cli_env, run_cli, settle
-from tests.reliability.test_crash_campaign import report
+from tests.reliability.harness import TIMEOUT, Fleet, cli_env, report, run_cli, settle
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 
 def _cache(manager: Any) -> Path:
@@ -229,7 +228,9 @@ def test_failed_or_tampered_image_build_keeps_the_old_alias(tmp_path: Path) -> N
     warm = False  # the LXD tests' build cache holds the root filesystem for these inputs
     if lxd:
         try:
-            key = image_cache_key(_options(tarball, sha256, version, prefix, tmp_path, shared_cache, lxd))
+            key = image_cache_key(
+                _options(tarball, sha256, version, prefix, tmp_path, shared_cache, lxd)
+            )
             warm = (shared_cache / "rootfs" / f"{key}.tar").exists()
         except ImageBuildError:
             warm = False
@@ -243,7 +244,7 @@ def test_failed_or_tampered_image_build_keeps_the_old_alias(tmp_path: Path) -> N
     problems: list[str] = []
     outcomes: dict[str, Any] = {}
 
-    def options(**overrides: Any) -> ImageBuildOptions:
+    def options(**overrides: Any) -> Any:
         return _options(tarball, sha256, version, prefix, tmp_path, cache, lxd, **overrides)
 
     try:
@@ -280,9 +281,10 @@ def test_failed_or_tampered_image_build_keeps_the_old_alias(tmp_path: Path) -> N
             if old:
                 _lxc("image", "delete", old)
     report(
-        "integrity-image-warm-cache" if warm else "integrity-image",
+        "integrity-image",
         {
             "mode": "lxd" if lxd else "no-lxd (image.py error paths only; no alias)",
+            "warm_cache": warm,
             "builds_refused": outcomes,
             "problems": len(problems),
         },

@@ -15,18 +15,19 @@ import pytest
 
 from github_emulator import token_key
 from tests.reliability.harness import (
+    TIMEOUT,
     TOKEN,
     Fleet,
     Sampler,
     form,
     no_traceback,
     producer,
+    report,
     rng,
     settle,
 )
-from tests.reliability.test_crash_campaign import report
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 CAP = 4
 

@@ -20,16 +20,17 @@ import pytest
 
 from tests.parts import wait_for
 from tests.reliability.harness import (
+    TIMEOUT,
     Fleet,
     RedisProc,
     form,
     no_traceback,
+    report,
     run_cli,
     settle,
 )
-from tests.reliability.test_crash_campaign import report
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 
 def _watch(fleet: Fleet, stop: threading.Event, seen: dict[str, Any]) -> None:

@@ -32,17 +32,18 @@ import yaml
 from tests.parts import free_port, unavailable, wait_for
 from tests.reliability.harness import (
     CLOUD_SECRET,
+    TIMEOUT,
     TOKEN,
     WEBHOOK_SECRET,
     Fleet,
     descendants,
     redis_dump,
+    report,
     run_cli,
     settle,
 )
-from tests.reliability.test_crash_campaign import report
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 SECRETS = {"token": TOKEN, "webhook secret": WEBHOOK_SECRET, "cloud credential": CLOUD_SECRET}
 AMI = "ami-1e749f67"  # one of moto's built-in images

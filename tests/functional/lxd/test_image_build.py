@@ -125,9 +125,15 @@ def test_first_boot_runs_a_user_data_script(runner_image: RunnerImage, launched:
         what="the user-data script's marker",
     )
     assert content == "ran-as-root"
-    log = lxc_exec(name, "cat", "/var/log/github-runner.log").stdout
+    # The start script logs its decision after the user-data script has exited: wait for that line.
+    log = wait_for(
+        lambda: (text := lxc_exec(name, "cat", "/var/log/github-runner.log").stdout)
+        and "no-poweroff set" in text
+        and text,
+        timeout=60,
+        what="the start script's no-poweroff decision in its log",
+    )
     assert "user-data script exited with 0" in log
-    assert "no-poweroff set" in log
 
 
 @pytest.mark.slow
