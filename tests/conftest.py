@@ -35,7 +35,7 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
     try:
         client.flushdb()
-    except Exception:  # noqa: BLE001 - the test may have stopped the server on purpose
+    except Exception:
         pass
 
 

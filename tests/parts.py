@@ -34,7 +34,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "") -> object:
+def wait_for(
+    condition: Callable[[], object], timeout: float, interval: float = 0.05, what: str = ""
+) -> object:
     """Poll ``condition`` until it returns a truthy value; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -43,7 +45,7 @@ def wait_for(condition: Callable[[], object], timeout: float, interval: float = 
             value = condition()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - the condition may fail while the part starts
+        except Exception as exc:
             last_exc = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}: {last_exc!r}")
@@ -61,7 +63,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self):  # noqa: ANN201 - redis.Redis
+    def client(self):
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
@@ -85,10 +87,24 @@ def _spawn_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
     if binary is None:
         unavailable("redis-server is not installed (scripts/dev-setup.sh installs it)")
         raise AssertionError("unreachable")
-    process = subprocess.Popen(  # noqa: S603 - resolved binary, list arguments
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
-         "--appendonly", "no", "--protected-mode", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
     def ready() -> bool:

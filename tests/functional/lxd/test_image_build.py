@@ -127,9 +127,11 @@ def test_first_boot_runs_a_user_data_script(runner_image: RunnerImage, launched:
     assert content == "ran-as-root"
     # The start script logs its decision after the user-data script has exited: wait for that line.
     log = wait_for(
-        lambda: (text := lxc_exec(name, "cat", "/var/log/github-runner.log").stdout)
-        and "no-poweroff set" in text
-        and text,
+        lambda: (
+            (text := lxc_exec(name, "cat", "/var/log/github-runner.log").stdout)
+            and "no-poweroff set" in text
+            and text
+        ),
         timeout=60,
         what="the start script's no-poweroff decision in its log",
     )

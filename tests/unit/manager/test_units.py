@@ -18,14 +18,24 @@ from github_runner_manager.units import (
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("7GiB", 7 * GIB), ("7G", 7 * GIB), ("7GB", 7 * GIB), ("512MiB", 512 * MIB), ("4096", 4096 * MIB),
-     (16000, 16000 * MIB), ("1.5GiB", int(1.5 * GIB)), ("2TiB", 2 * 1024 * GIB)],
+    [
+        ("7GiB", 7 * GIB),
+        ("7G", 7 * GIB),
+        ("7GB", 7 * GIB),
+        ("512MiB", 512 * MIB),
+        ("4096", 4096 * MIB),
+        (16000, 16000 * MIB),
+        ("1.5GiB", int(1.5 * GIB)),
+        ("2TiB", 2 * 1024 * GIB),
+    ],
 )
 def test_sizes(text: object, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["7 gigs", "", "-1G", "0", 0, True, None, "9" * 400, float("inf"), "GiB"])
+@pytest.mark.parametrize(
+    "text", ["7 gigs", "", "-1G", "0", 0, True, None, "9" * 400, float("inf"), "GiB"]
+)
 def test_bad_sizes_name_the_value_and_the_form(text: object) -> None:
     with pytest.raises(ValueError, match="size like 7GiB"):
         parse_size(text)
@@ -33,7 +43,15 @@ def test_bad_sizes_name_the_value_and_the_form(text: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("60s", 60.0), ("10m", 600.0), ("6h", 21600.0), ("1d", 86400.0), ("500ms", 0.5), (30, 30.0), ("45", 45.0)],
+    [
+        ("60s", 60.0),
+        ("10m", 600.0),
+        ("6h", 21600.0),
+        ("1d", 86400.0),
+        ("500ms", 0.5),
+        (30, 30.0),
+        ("45", 45.0),
+    ],
 )
 def test_durations(text: object, expected: float) -> None:
     assert parse_duration(text) == expected
