@@ -3,7 +3,8 @@
 * ``lxd_launch_s``: the LXD backend's ``create`` (container from the runner image, the JIT config in
   ``user.jitconfig``, the rendered user-data) until that runner is online at the emulator -- the instance
   start of the cold target, without the manager. One sample right before each cold job (so both see the
-  same load on a shared machine); median (``lxd_launch_p95_s``: p95).
+  same load on a shared machine), each of them only once no container of ours is left (deleting a container
+  on a ``dir`` pool removes a full copy of the image, which competes for the disk); median (``lxd_launch_p95_s``: p95).
 * ``pickup_cold_lxd_{p50,p95,max}_s``: as in bench_pickup (cold, webhooks on), with the ``lxd`` backend;
   ``pickup_cold_lxd_poll_*`` with webhooks lost (full mode).
 
@@ -100,10 +101,21 @@ def run(ctx: Context) -> Figures:
         launcher = Launcher(
             ctx, backend_name="lxd", settings=settings, host=host, group_extra=group, timeout=300
         )
+        from github_runner_manager.backends.lxd import LXDBackend
+
+        lister = LXDBackend(settings, prefix=PREFIX)
         try:
-            outcome = run_scenario(ctx, redis, cold, lxd_cleanup, probe=launcher.once)
+            outcome = run_scenario(
+                ctx,
+                redis,
+                cold,
+                lxd_cleanup,
+                probe=launcher.once,
+                quiet=lambda: not lister.list(prefix=f"{PREFIX}-"),
+            )
         finally:
             launcher.close()
+            lister.close()
         launch = launcher.result()
         figures.details["lxd"]["launch"] = launch
         record_launch(figures, "lxd_launch", launch)

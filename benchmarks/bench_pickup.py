@@ -126,11 +126,14 @@ def run_scenario(
     sc: Scenario,
     cleanup: Callable[[dict[str, Any]], None],
     probe: Callable[[], None] | None = None,
+    quiet: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Start an emulator and a manager process for ``sc``, queue its jobs, collect the latencies.
 
     ``probe`` (cold scenarios with webhooks) runs right before each job is queued: one instance-start
-    sample (:class:`Launcher`), taken under the same machine load as the pickup that follows.
+    sample (:class:`Launcher`), taken under the same machine load as the pickup that follows. ``quiet``
+    (LXD) says no instance of ours exists any more: the probe and each cold job wait for it, so neither
+    shares the disk with the deletion of the one before.
     """
     outcome = Outcome()
     emu = start_emulator(host=sc.host, orgs=[ORG], repos=[REPO], tokens=[TOKEN])
@@ -237,8 +240,10 @@ def run_scenario(
                     )
                 except TimeoutError as exc:
                     outcome.failures.append(str(exc))
+                settle(quiet, outcome)
                 if probe is not None:
                     probe()
+                    settle(quiet, outcome)
                 before = {r.id for r in _runners(emu)}
                 ids = [queue()]
                 wait_started(ids, sc.job_timeout)
@@ -274,6 +279,16 @@ def run_scenario(
         finally:
             emu.stop()
     return outcome
+
+
+def settle(quiet: Callable[[], bool] | None, outcome: Outcome, timeout: float = 180.0) -> None:
+    """Wait until ``quiet()`` (no instance of ours is left); a timeout is noted, not fatal."""
+    if quiet is None:
+        return
+    try:
+        wait_for(quiet, timeout, "no instance of ours left", interval=0.25)
+    except TimeoutError as exc:
+        outcome.failures.append(str(exc))
 
 
 def fake_cleanup(config: dict[str, Any]) -> None:

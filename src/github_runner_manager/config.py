@@ -16,6 +16,7 @@ Promises:
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import ipaddress
 import os
@@ -207,6 +208,26 @@ def _known_backend(name: str) -> str:
     raise ValueError(
         f'"{name}" is not a known backend ({hint}known: {", ".join(sorted(BACKENDS))})'
     )
+
+
+#: What backend settings may hold: what a YAML or JSON config expresses (and what the charm passes).
+_PLAIN = (str, int, float, bool, type(None), Path, SecretStr, datetime.date)
+
+
+def _unplain(value: Any, loc: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Problems for values in backend settings that are not plain data (e.g. YAML ``!!binary``)."""
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _unplain(v, (*loc, str(k)))]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _unplain(v, (*loc, i))]
+    if isinstance(value, _PLAIN):
+        return []
+    return [
+        (
+            loc,
+            f"a {type(value).__name__} is not a setting value (text, number, boolean, list or mapping)",
+        )
+    ]
 
 
 def _cross_error(problems: list[tuple[tuple[str | int, ...], str]]) -> PydanticCustomError:
@@ -676,6 +697,7 @@ class ManagerConfig(_Model):
                 _known_backend(str(name))
             except ValueError as exc:
                 problems.append(((str(name),), str(exc)))
+            problems += _unplain(entry, (str(name),))
             settings[name] = {} if entry is None else entry
         if problems:
             raise _cross_error(problems)
@@ -753,7 +775,9 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, typing.Hashable) and key in seen:
+        if not isinstance(key, typing.Hashable):
+            continue  # construct_mapping refuses it ("found unhashable key"), a YAML error
+        if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f'key "{key}" is given twice', key_node.start_mark
             )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -46,6 +47,25 @@ from tests.reliability.harness import (
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 MOMENTS = ("reconcile", "create", "delete", "intake", "busy", "random")
+
+
+def _kind(problem: str) -> str:
+    """A problem's category (for the campaign's figures)."""
+    for kind in (
+        "stuck deleting",
+        "stuck creating",
+        "leaked instance",
+        "left mid-creation",
+        "has no instance",
+        "orphan GitHub runner",
+        "did not succeed",
+        "reconcile exit",
+        "log:",
+        "left after flush",
+    ):
+        if kind in problem:
+            return kind
+    return "other"
 
 
 def trigger(
@@ -239,6 +259,10 @@ def test_sigkill_campaign(fleet: Fleet) -> None:
             "jobs": len(jobs),
             "jobs_failed": len(failed),
             "problems": len(problems),
+            "problem_kinds": dict(Counter(_kind(p) for p in problems)),
+            "stuck_deleting_runners": len(
+                set(re.findall(r"record (\S+) stuck deleting", " ".join(problems)))
+            ),
             "seconds": round(time.monotonic() - started, 1),
         },
     )
