@@ -225,7 +225,7 @@ def _unplain(value: Any, loc: tuple[str | int, ...]) -> list[tuple[tuple[str | i
     return [
         (
             loc,
-            f"a {type(value).__name__} is not a setting value (text, number, boolean, list or mapping)",
+            f"{type(value).__name__} data is not a setting value (text, number, list or mapping)",
         )
     ]
 
