@@ -18,7 +18,7 @@ def fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     number = _num(value)
     if number is None:
         return "—"
-    if unit == "s" and number < 0.1:
+    if unit == "s" and abs(number) < 0.1:
         text = f"{number * 1000:.1f} ms"
         return text
     if number >= 1000 or (number == int(number) and unit not in ("s",)):
@@ -234,12 +234,84 @@ def baselines_table(result: Result) -> list[str]:
             ours_u = max(_num(units_h) or 0.0, 1.0)
             ours_r = max(_num(req_h) or 0.0, 1.0)
             floor = "≥ " if (_num(units_h) or 0.0) < 1.0 else ""
+            label = BASELINE_NAMES.get(name, name) + (
+                " (lower bound, see below)" if base.get("notes") else ""
+            )
             out.append(
-                f"| {n} | {BASELINE_NAMES.get(name, name)} | {fmt(base.get('units_per_cycle'))} | "
+                f"| {n} | {label} | {fmt(base.get('units_per_cycle'))} | "
                 f"{fmt(base.get('units_per_hour'))} | {floor}{fmt(ratio_u / ours_u)}x | "
                 f"{fmt(base.get('requests_per_hour'))} | {fmt(ratio_r / ours_r)}x |"
             )
     return out
+
+
+#: cold scenarios with an instance-start sample right before each job: (scenario, launch details, label)
+PAIRED = (
+    ("cold_fake_0_5", ("fake_launch", "0_5"), "Fake 0.5 s"),
+    ("cold_fake_2", ("fake_launch", "2"), "Fake 2 s"),
+    ("cold_lxd", ("lxd", "launch"), "LXD"),
+)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (as bench_support.percentile)."""
+    data = sorted(values)
+    rank = (len(data) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
+def paired_overheads(result: Result) -> dict[str, list[float]]:
+    """Per cold scenario: each job's pickup minus the instance start sampled right before it.
+
+    Only where the pairs line up (as many start samples as pickups, none left out as not cold).
+    """
+    details = result.get("details", {})
+    out: dict[str, list[float]] = {}
+    for scenario, (section, sub), _label in PAIRED:
+        info = details.get("pickup", {}).get(scenario, {})
+        launch = details.get(section, {}).get(sub, {})
+        pickups = info.get("latencies") or []
+        starts = launch.get("online_s") or []
+        if (
+            pickups
+            and len(pickups) == len(starts)
+            and not info.get("not_cold")
+            and not launch.get("failures")
+        ):
+            out[scenario] = [p - s for p, s in zip(pickups, starts, strict=True)]
+    return out
+
+
+def overhead_table(result: Result) -> list[str]:
+    pairs = paired_overheads(result)
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "### The manager's share of a cold pickup",
+        "",
+        "Each cold job is preceded by an instance-start sample on the same backend (same load); pickup minus that "
+        "start is what the manager adds (webhook delivery, the job consumer, the JIT registration, the create call) "
+        "plus the spread of the backend between two identical creates.",
+        "",
+        "| backend | pairs | p50 | p95 | min | max | spread of the start samples (min-max) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    details = result.get("details", {})
+    for scenario, (section, sub), label in PAIRED:
+        diffs = pairs.get(scenario)
+        if not diffs:
+            continue
+        starts = details.get(section, {}).get(sub, {}).get("online_s") or []
+        ordered = sorted(diffs)
+        p50, p95 = _percentile(ordered, 50), _percentile(ordered, 95)
+        lines.append(
+            f"| {label} | {len(diffs)} | {fmt(p50, 's')} | {fmt(p95, 's')} | {fmt(ordered[0], 's')} | "
+            f"{fmt(ordered[-1], 's')} | {fmt(min(starts), 's')} - {fmt(max(starts), 's')} |"
+        )
+    return lines
 
 
 def missed(result: Result) -> list[str]:
@@ -273,7 +345,21 @@ def missed(result: Result) -> list[str]:
             scenario = row.key.removeprefix("pickup_").rsplit("_", 2)[0]
             info = details.get("pickup", {}).get(scenario, {})
             if info.get("latencies"):
-                text += f"Samples: {', '.join(fmt(x, 's') for x in info['latencies'])}."
+                text += f"Samples: {', '.join(fmt(x, 's') for x in info['latencies'])}. "
+            diffs = paired_overheads(result).get(scenario)
+            if diffs:
+                text += (
+                    "Job by job, pickup minus the instance start sampled just before it: "
+                    f"{', '.join(fmt(x, 's') for x in diffs)}. "
+                )
+            fake = paired_overheads(result).get("cold_fake_0_5")
+            if "lxd" in scenario and fake:
+                text += (
+                    "With the Fake backend, whose create time is fixed, the same difference is "
+                    f"{fmt(_percentile(fake, 50), 's')} (median): the manager's own share is small, and the "
+                    "miss comes from LXD's create time varying between two identical creates on this shared "
+                    "machine (`dir` storage: each create copies the whole image)."
+                )
         elif row.key == "create_200_at_1s_wall_s":
             create = details.get("scale", {}).get("create_200", {})
             conc = create.get("concurrency", 32)
@@ -373,6 +459,7 @@ def render(result: Result) -> str:
         "|---|---:|---|---|---|",
     ]
     lines += [row.render(result) for row in rows()]
+    lines += overhead_table(result)
     lines += [
         "",
         "## GitHub API cost against the alternatives (same emulator, same fleet, same run)",
@@ -431,7 +518,9 @@ def render(result: Result) -> str:
         "* Reconcile, create and memory figures use the manager against the emulator and a real redis-server on "
         "loopback; the emulator shares this machine's CPUs, and its own rate is in the table.",
         "* Image builds use `image.build_runner_image` (scripts/build-runner-image.sh), container image only "
-        "(this host cannot boot VMs), cold = empty cache, warm = same inputs again.",
+        "(this host cannot boot VMs), cold = empty cache (mmdebstrap downloads every package from the host's apt "
+        "mirror, so the figure depends on the mirror and the network), warm = same inputs again (the finished root "
+        "filesystem is reused; the LXD import remains).",
         "",
         "## Targets missed, and why",
         "",

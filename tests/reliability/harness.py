@@ -573,12 +573,31 @@ class Fleet:
                 )
         for name, rec in records.items():
             if rec.get("state") in ("creating", "deleting"):
-                problems.append(f"{manager.unit}: record {name} stuck {rec.get('state')}")
+                problems.append(
+                    f"{manager.unit}: record {name} stuck {rec.get('state')}{self.why(name, rec)}"
+                )
             elif name not in instances:
                 problems.append(
                     f"{manager.unit}: record {name} ({rec.get('state')}) has no instance"
+                    f"{self.why(name, rec)}"
                 )
         return problems
+
+    def why(self, name: str, rec: dict[str, str]) -> str:
+        """Diagnosis of a stuck record: a delete lease still held, or no creator session recorded."""
+        notes = []
+        ttl = self.redis.pttl(f"{KEY_PREFIX}:lease:delete:{name}")
+        if ttl and ttl > 0:
+            notes.append(f"its delete lease is still held for {ttl / 1000:.0f}s")
+        if rec.get("state") == "creating":
+            session = rec.get("session")
+            if not session:
+                notes.append("reserved without a creator session")
+            else:
+                pid, _, start = session.partition(":")
+                alive = pid.isdigit() and proc_start(int(pid)) == start
+                notes.append(f"creator session {session} {'alive' if alive else 'dead'}")
+        return f" ({'; '.join(notes)})" if notes else ""
 
 
 # ------------------------------------------------------------------------------------------ sampler
@@ -712,8 +731,12 @@ def report(name: str, summary: dict[str, Any]) -> None:
 KNOWN_BUGS: dict[str, re.Pattern[str]] = {
     "BUG-1 (manager.py): a delete interrupted by a crash keeps its 'delete:<runner>' lease for 300 s "
     "(120 s for stale creations), so no reconcile or flush can resume it until then: the record stays "
-    "'deleting' and counts against the caps, and the instance keeps running": re.compile(
-        r"stuck deleting"
+    "'deleting' (or whatever state it had) and counts against the caps, and the instance keeps "
+    "running": re.compile(r"stuck deleting|delete lease is still held"),
+    "BUG-10 (manager.py/store.py): a runner is reserved and its creator's session recorded in two "
+    "steps; a crash in between leaves a 'creating' record without a session, which reconciles leave "
+    "alone for 30 s (_SESSIONLESS_GRACE) because it may belong to a live creator": re.compile(
+        r"reserved without a creator session"
     ),
     "BUG-3 (manager.py): no backoff when creates keep failing: every pending job is retried at each "
     "sweep (2 s) and reconcile, each attempt registering and deleting a JIT runner (2 GitHub writes), "
