@@ -637,7 +637,7 @@ class Sampler:
             except Exception as exc:
                 self.errors.append(repr(exc))
                 continue
-            live = {n for n, (_u, d) in instances.items() if d.get("state") != "deleting"}
+            live = set(instances)  # being deleted counts too: its record is still there
             self.github_max = max(self.github_max, len(github))
             self.instance_max = max(self.instance_max, len(live))
             self.record_max = max(self.record_max, int(records))

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 LIST = "actions/list-self-hosted-runners-for-org"
 #: Seconds after a limit answer during which requests sent before it may still complete.
-IN_FLIGHT = 1.0
+IN_FLIGHT = 1.5
 
 
 def _start(fleet: Fleet, **overrides: Any) -> Manager:
@@ -189,7 +189,7 @@ def test_rate_limits_are_waited_out_without_requests(fleet: Fleet) -> None:
     manager = _start(fleet)
     problems: list[str] = []
     figures: dict[str, Any] = {}
-    for name, status, retry_after in (("429", 429, 4), ("403 secondary", 403, 4)):
+    for name, status, retry_after in (("429", 429, 5), ("403 secondary", 403, 5)):
         since = time.time()
         fleet.emulator.control.fault(route="*", status=status, retry_after=retry_after, count=1)
         wait_for(
