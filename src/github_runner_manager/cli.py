@@ -211,7 +211,13 @@ def status(
     try:
         if as_json:
             stats = {name: s.as_dict() for name, s in manager.statistics().items()}
-            _echo(json.dumps({"unit": manager.unit, "groups": stats}, indent=2))
+            payload = {
+                "unit": manager.unit,
+                "groups": stats,
+                "create_backoffs": manager.create_backoffs(),
+                "runners_removed": manager.removals(),
+            }
+            _echo(json.dumps(payload, indent=2))
         else:
             _echo(manager.info())
     finally:

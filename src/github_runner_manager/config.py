@@ -666,6 +666,10 @@ class ManagerConfig(_Model):
     unit: str = Field(default_factory=_default_unit, min_length=1)
     register_timeout: Duration = Field(default=300.0, gt=0)
     offline_timeout: Duration = Field(default=120.0, gt=0)
+    #: after a failed create, a runner group (per GitHub target) waits this long before one probe
+    #: create, doubling per failed round up to ``create_backoff_max`` (see backoff.py)
+    create_backoff: Duration = Field(default=2.0, gt=0)
+    create_backoff_max: Duration = Field(default=60.0, gt=0)
     concurrency: int = Field(default=32, ge=1)
     templates_dir: Path | None = None
     state_dir: Path = Path("/var/lib/github-runner-manager")
@@ -734,6 +738,14 @@ class ManagerConfig(_Model):
                             f'"{path}" is not one of github.paths ({allowed})',
                         )
                     )
+        if self.create_backoff_max < self.create_backoff:
+            problems.append(
+                (
+                    ("create_backoff_max",),
+                    f"{self.create_backoff_max:g}s is shorter than create_backoff "
+                    f"({self.create_backoff:g}s): make it at least as long",
+                )
+            )
         if problems:
             raise _cross_error(problems)
         for group in self.runner_groups:

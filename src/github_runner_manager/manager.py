@@ -70,6 +70,7 @@ from github_runner_manager.backends.base import (
     InstanceState,
 )
 from github_runner_manager.backends.registry import create_backend
+from github_runner_manager.backoff import CreateBackoff
 from github_runner_manager.config import GitHubPath, ManagerConfig, RunnerGroup
 from github_runner_manager.github import (
     GitHubAuthError,
@@ -112,6 +113,8 @@ HEARTBEAT_TTL = 30.0
 #: records it left (offline on GitHub) are removed so they stop holding cap slots.
 DEAD_UNIT_AFTER = 900.0
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
+#: Why runners are deleted (``ghrm_runners_removed_total`` reasons of :meth:`RunnerManager._delete_runner`).
+_REMOVAL_REASONS = frozenset({*planner.DELETE_REASONS, "vanished"})
 
 # Compare-and-set of one hash field: KEYS[1] hash, ARGV[1] field, ARGV[2] expected, ARGV[3] new value.
 _HCAS_LUA = """
@@ -127,6 +130,10 @@ _DEL_IF_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class _RemovedMeanwhileError(BackendError):
+    """A runner's record went away while it was being created (a flush): not a backend failure."""
 
 
 class ImageBuildUnavailable(RuntimeError):  # noqa: N818 - reads as a state, like the other errors
@@ -256,6 +263,7 @@ class _Settled:
     orphan_instances: list[str] = field(default_factory=list)
     orphan_github: list[tuple[str, int]] = field(default_factory=list)
     uncertain: set[str] = field(default_factory=set)
+    vanished: set[str] = field(default_factory=set)
     owner_elsewhere: dict[str, int] = field(default_factory=dict)
     total_elsewhere: int = 0
 
@@ -271,6 +279,23 @@ def _proc_start(pid: int) -> str | None:
     if not rest or rest[0] in {"Z", "X"}:
         return None
     return rest[19] if len(rest) > 19 else None
+
+
+def _host_identity() -> str:
+    """What makes a process id meaningful: this kernel boot and this pid namespace.
+
+    Two processes whose sessions carry the same identity see the same ``/proc``; a session of another
+    host (or container, or boot) cannot be judged from here.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "?"
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = "?"
+    return f"{boot}:{pidns}".replace("/", "_").replace("|", "_")
 
 
 def path_covers(path: GitHubPath, repo: str) -> bool:
@@ -353,6 +378,9 @@ class RunnerManager:
             max_workers=config.concurrency, thread_name_prefix="ghrm-act"
         )
         self._session = f"{os.getpid()}:{_proc_start(os.getpid()) or '0'}"
+        self._host = _host_identity()
+        #: who holds this process's leases: judged dead by any process of the same host
+        self._holder = f"{self._host}/{self._session}"
         self._creating: set[str] = set()
         self._deleting: set[str] = set()
         self._inflight_lock = threading.Lock()
@@ -366,6 +394,7 @@ class RunnerManager:
         self._hcas = self.store.client.register_script(_HCAS_LUA)
         self._del_if = self.store.client.register_script(_DEL_IF_LUA)
         self._binary_cache: RunnerBinaryCache | None = None
+        self._create_backoff = CreateBackoff(config.create_backoff, config.create_backoff_max)
 
     # ---------------------------------------------------------------------------- plumbing
     def _redis(self, what: str, func: Callable[[], _T]) -> _T:
@@ -435,6 +464,23 @@ class RunnerManager:
         if session == self._session:
             return record.name in self._creating
         return self._session_alive_text(session)
+
+    def _holder_dead(self, holder: str) -> bool:
+        """Whether a lease holder (``host/pid:start``) is a process of this host that no longer runs."""
+        host, _, session = holder.rpartition("/")
+        if not host or host != self._host:
+            return False  # another host, container or boot: only the lease's expiry tells
+        return not self._session_alive_text(session)
+
+    def _delete_lease(self, name: str, ttl: float) -> contextlib.AbstractContextManager[bool]:
+        """The lease that serialises every removal of runner ``name`` across processes and units.
+
+        A lease left by a SIGKILLed process of this host is broken at once, so the next reconcile
+        resumes the interrupted removal instead of waiting ``ttl`` seconds.
+        """
+        return self.store.lease(
+            f"delete:{name}", ttl=ttl, holder=self._holder, holder_dead=self._holder_dead
+        )
 
     def close(self) -> None:
         """Wait for running creates/deletes, then release backends and connections."""
@@ -744,6 +790,8 @@ class RunnerManager:
                 self._offline_since.pop(rec.name, None)
             claimed = rec.job_id is not None and state in _WAITING and rec.job_id in obs.pending
             if husk:
+                if state not in (RunnerState.DONE, RunnerState.BUSY):
+                    out.vanished.add(rec.name)  # its machine went away before it ran a job
                 state, job_unfinished, busy_now = RunnerState.DONE, False, False
             elif gh_ok and gr is None and state is not RunnerState.DONE:
                 # GitHub no longer knows it: an ephemeral runner that finished, or an expired JIT
@@ -814,8 +862,9 @@ class RunnerManager:
         group = inst.tags.get(TAG_GROUP) or name.removeprefix(f"{self.prefix}-").rpartition("-")[0]
         owner = inst.tags.get(TAG_OWNER) or gr.owner
         if not self.store.reserve_runners(
-            group, owner, [name], self.unit, group_cap=0, total_cap=0, owner_cap=0, backend=backend
-        ):
+            group, owner, [name], self.unit, group_cap=0, total_cap=0, owner_cap=0,
+            backend=backend, fields={"session": self._session},
+        ):  # fmt: skip
             return None
         state = RunnerState.BUSY if gr.busy else RunnerState.IDLE
         registered = gr.status == "online" or gr.busy
@@ -924,10 +973,7 @@ class RunnerManager:
         # settle what dead processes left first: their records still count against the caps
         self._wait(
             [self._submit(self._remove_stale, rec, obs) for rec in settled.stale + settled.dead]
-            + [
-                self._submit(self._delete_runner, r.name, "resume", allow_busy=True)
-                for r in settled.resume
-            ]
+            + [self._submit(self._delete_runner, r.name, "resume") for r in settled.resume]
         )
         futures: list[Future[Any]] = []
         demands = self._demands(obs, quantity)
@@ -954,7 +1000,10 @@ class RunnerManager:
                     delete.reason,
                 )
                 continue
-            futures.append(self._submit(self._delete_runner, delete.name, delete.reason))
+            reason = delete.reason
+            if reason == "done" and delete.name in settled.vanished:
+                reason = "vanished"
+            futures.append(self._submit(self._delete_runner, delete.name, reason))
         for name in plan.cleanups:
             futures.append(self._submit(self._cleanup_instance, name))
         for owner, runner_id in plan.github_removals:
@@ -1123,7 +1172,31 @@ class RunnerManager:
                 "group %s is at its cap of %d runners (%s)", group.name, group.max_runners, reason
             )
             return []
+        key = (group.name, str(path))
+        allowed, probe = self._create_backoff.allowance(key, count)
+        if allowed <= 0:
+            self.metrics.create_backoff_skips.labels(group=group.name).inc()
+            logger.debug(
+                "creates for group %s at %s are backing off after failures (%s)",
+                group.name, path, reason,
+            )  # fmt: skip
+            return []
+        if probe:
+            logger.info(
+                "group %s at %s: one probe create after failed creates (%s)",
+                group.name,
+                path,
+                reason,
+            )
+        count = allowed
         names = [self._new_name(group.name) for _ in range(count)]
+        # the creator's session goes into the reservation itself: a crash right after it leaves a
+        # record the next reconcile can judge (dead creator: settled), never a sessionless one
+        fields: dict[str, object] = {"session": self._session}
+        if job is not None:
+            fields["job_id"] = job.job_id
+            if job.tokens:
+                fields["runson"] = " ".join(f"{k}={v}" for k, v in sorted(job.tokens.items()))
         with self._inflight_lock:
             self._creating.update(names)
         try:
@@ -1136,25 +1209,18 @@ class RunnerManager:
                 total_cap=self.config.max_total_runners,
                 owner_cap=self.config.per_owner_max_runners,
                 backend=group.backend_order[0],
+                fields=fields,
             )
         except Exception:
             with self._inflight_lock:
                 self._creating.difference_update(names)
+            if probe:
+                self._create_backoff.release(key)
             raise
         with self._inflight_lock:
             self._creating.difference_update(set(names) - set(reserved))
-        fields: dict[str, object] = {"session": self._session}
-        if job is not None:
-            fields["job_id"] = job.job_id
-            if job.tokens:
-                fields["runson"] = " ".join(f"{k}={v}" for k, v in sorted(job.tokens.items()))
-        for name in reserved:
-            try:
-                self.store.update(name, **fields)
-            except Exception:
-                with self._inflight_lock:
-                    self._creating.difference_update(reserved)
-                raise
+        if probe and not reserved:
+            self._create_backoff.release(key)
         if 0 < len(reserved) < count:
             logger.info(
                 "group %s at a cap: %d of %d runners reserved (%s)",
@@ -1228,15 +1294,21 @@ class RunnerManager:
             if not self.store.transition(name, [RunnerState.CREATING], RunnerState.IDLE):
                 rec = self.store.get_runner(name)
                 if rec is None or rec.state is RunnerState.DELETING:
-                    raise BackendError(f"runner {name} was removed while it was being created")
+                    raise _RemovedMeanwhileError(
+                        f"runner {name} was removed while it was being created"
+                    )
             logger.info(
                 "runner %s created in group %s at %s on %s%s", name, group.name, path, instance_backend,
                 f" for job {job.job_id}" if job else "",
             )  # fmt: skip
+            self._creates_work(group, path)
             return True
         except Exception as exc:
             logger.warning("creating runner %s failed: %s", name, exc)
             self.store.incr("runner_create_failures")
+            self.metrics.create_failures.labels(group=group.name).inc()
+            if not isinstance(exc, _RemovedMeanwhileError):
+                self._creates_fail(group, path, exc)
             self._undo_create(name, path, jit.runner_id if jit else None, instance_backend)
             if not isinstance(exc, GitHubError | BackendError | StoreUnavailable):
                 raise
@@ -1244,6 +1316,89 @@ class RunnerManager:
         finally:
             with self._inflight_lock:
                 self._creating.discard(name)
+
+    # ------------------------------------------------------------------------ create backoff
+    @property
+    def _backoff_key(self) -> str:
+        return f"{self._kp}:create_backoff"
+
+    def _creates_fail(self, group: RunnerGroup, path: GitHubPath, exc: BaseException) -> None:
+        """A create failed: back off that group's creates at ``path`` (see backoff.py)."""
+        error = f"{type(exc).__name__}: {exc}"
+        delay = self._create_backoff.failed((group.name, str(path)), error)
+        if delay is None:
+            return  # a concurrent create's failure already opened this round
+        state = next(
+            s
+            for s in self._create_backoff.states()
+            if (s.group, s.owner) == (group.name, str(path))
+        )
+        self.metrics.create_backoff.labels(group=group.name).set(delay)
+        logger.warning(
+            "creates for group %s at %s back off %.1fs after %d failed round%s (last: %s)",
+            group.name, path, delay, state.failures, "" if state.failures == 1 else "s", error,
+        )  # fmt: skip
+        entry = json.dumps(
+            {"failures": state.failures, "until": time.time() + delay, "error": error[:300],
+             "holder": self._holder},
+            sort_keys=True,
+        )  # fmt: skip
+        with contextlib.suppress(StoreUnavailable):
+            self._redis(
+                "create backoff",
+                lambda: self.store.client.hset(
+                    self._backoff_key, f"{self.unit}|{group.name}|{path}", entry
+                ),
+            )
+
+    def _creates_work(self, group: RunnerGroup, path: GitHubPath) -> None:
+        if not self._create_backoff.succeeded((group.name, str(path))):
+            return
+        self.metrics.create_backoff.labels(group=group.name).set(0)
+        logger.info("creates for group %s at %s work again: backoff ended", group.name, path)
+        with contextlib.suppress(StoreUnavailable):
+            self._redis(
+                "create backoff",
+                lambda: self.store.client.hdel(
+                    self._backoff_key, f"{self.unit}|{group.name}|{path}"
+                ),
+            )
+
+    def create_backoffs(self) -> list[dict[str, Any]]:
+        """Creation backoffs of the fleet not yet ended by a successful create (any unit).
+
+        What ``status`` shows: ``seconds_left`` until the next probe create (0: a probe is due or
+        running). Entries of processes of this host that no longer run are left out, as are entries
+        older than the longest backoff plus a minute (their process is gone, elsewhere).
+        """
+        raw = self._redis("create backoff", lambda: self.store.client.hgetall(self._backoff_key))
+        now = time.time()
+        out = []
+        for field_name, value in sorted(raw.items()):
+            unit, _, rest = str(field_name).partition("|")
+            group, _, owner = rest.partition("|")
+            try:
+                data = json.loads(value)
+                until = float(data["until"])
+                failures = int(data["failures"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if now > until + self.config.create_backoff_max + 60 or self._holder_dead(
+                str(data.get("holder") or "")
+            ):
+                continue
+            out.append(
+                {"unit": unit, "group": group, "owner": owner, "failures": failures,
+                 "seconds_left": round(max(0.0, until - now), 1),
+                 "error": str(data.get("error") or "")},
+            )  # fmt: skip
+        return out
+
+    def _removed(self, group: str, reason: str) -> None:
+        """Count one removal (of a runner or its leftovers) by why it went."""
+        self.metrics.runners_removed.labels(group=group or "unknown", reason=reason).inc()
+        with contextlib.suppress(StoreUnavailable):
+            self.store.incr(f"runners_removed_{reason}")
 
     def _undo_create(
         self, name: str, path: GitHubPath, github_id: int | None, backend: str | None
@@ -1265,7 +1420,7 @@ class RunnerManager:
 
     def _remove_stale(self, rec: RunnerRecord, obs: _Observation) -> None:
         """Settle a record whose creator (or whole unit) died: remove its instance, GitHub runner, record."""
-        with self.store.lease(f"delete:{rec.name}", ttl=120) as mine:
+        with self._delete_lease(rec.name, ttl=120) as mine:
             if not mine:
                 return
             located = obs.instances.get(rec.name)
@@ -1276,6 +1431,7 @@ class RunnerManager:
             if github_id is not None:
                 self.github.delete_runner(GitHubPath.parse(rec.owner), github_id)
             self.store.delete_runner(rec.name)
+            self._removed(rec.group, "stale-creation" if rec.unit == self.unit else "gone-unit")
             if rec.unit == self.unit:
                 logger.info("runner %s: abandoned creation cleaned up", rec.name)
             else:
@@ -1290,7 +1446,7 @@ class RunnerManager:
                 return False
             self._deleting.add(name)
         try:
-            with self.store.lease(f"delete:{name}", ttl=300) as mine:
+            with self._delete_lease(name, ttl=300) as mine:
                 if not mine:
                     return False
                 return self._delete_locked(name, reason, allow_busy)
@@ -1303,6 +1459,8 @@ class RunnerManager:
         if rec is None:
             return False
         path = GitHubPath.parse(rec.owner)
+        if reason == "resume" and not allow_busy and self._took_a_job(rec, path):
+            return False
         husk = reason in ("done", "resume")
         if not allow_busy and not husk:
             if rec.state is RunnerState.BUSY or self.jobqueue.runner_job_unfinished(name):
@@ -1315,7 +1473,10 @@ class RunnerManager:
                     self.store.transition(name, [rec.state], RunnerState.BUSY)
                     return False
         from_states = [s for s in RunnerState if allow_busy or husk or s is not RunnerState.BUSY]
-        if not self.store.transition(name, from_states, RunnerState.DELETING):
+        marks: dict[str, object] = {}
+        if reason != "resume":  # a resumed delete keeps what the interrupted one recorded
+            marks = {"delete_reason": reason, "delete_busy": allow_busy or reason == "done"}
+        if not self.store.transition(name, from_states, RunnerState.DELETING, **marks):
             return False
         backends = [rec.backend] if rec.backend else self._backend_names()
         for bname in backends:
@@ -1329,17 +1490,48 @@ class RunnerManager:
                     self.github.delete_runner(path, gr.id)
         self.store.delete_runner(name)
         self._offline_since.pop(name, None)
+        first = rec.extra.get("delete_reason", "")
+        self._removed(
+            rec.group, first if reason == "resume" and first in _REMOVAL_REASONS else reason
+        )
         logger.info("runner %s deleted (%s)", name, reason)
         return True
 
+    def _took_a_job(self, rec: RunnerRecord, path: GitHubPath) -> bool:
+        """Before resuming an interrupted delete of an idle runner: did it take a job meanwhile?
+
+        A delete is interrupted (its process killed) before it reached the instance; the runner,
+        still registered and online, may have taken a job since. Such a runner goes back to ``busy``
+        and is removed once its job is done; deletes of busy runners (flush) and of husks go on.
+        """
+        if rec.state is not RunnerState.DELETING:
+            return False
+        if rec.extra.get("delete_busy") == "1":
+            return False
+        busy = self.jobqueue.runner_job_unfinished(rec.name)
+        if not busy and rec.github_id is not None:
+            current = self.github.get_runner(path, rec.github_id)
+            busy = current is not None and current.busy and current.status == "online"
+        if busy and self.store.transition(rec.name, [RunnerState.DELETING], RunnerState.BUSY):
+            logger.warning(
+                "runner %s took a job while its interrupted delete (%s) waited; kept until the job ends",
+                rec.name,
+                rec.extra.get("delete_reason") or "unknown reason",
+            )
+            return True
+        return False
+
     def _cleanup_instance(self, name: str) -> bool:
         """Delete an instance no record or GitHub runner knows (with the runner's lease)."""
-        with self.store.lease(f"delete:{name}", ttl=300) as mine:
+        with self._delete_lease(name, ttl=300) as mine:
             if not mine or self.store.get_runner(name) is not None:
                 return False
             for bname in self._backend_names():
                 with self.metrics.backend_call(bname, "delete"):
                     self.backend(bname).delete(name)
+            self._removed(
+                name.removeprefix(f"{self.prefix}-").rpartition("-")[0], "orphan-instance"
+            )
             logger.info("orphan instance %s deleted", name)
             return True
 
@@ -1348,6 +1540,8 @@ class RunnerManager:
         if name is not None and self.store.get_runner(name) is not None:
             return False  # a record appeared meanwhile: it is being created, not an orphan
         removed = self.github.delete_runner(GitHubPath.parse(owner), runner_id)
+        group = (name or "").removeprefix(f"{self.prefix}-").rpartition("-")[0]
+        self._removed(group, "orphan-github")
         logger.info("orphan GitHub runner %s at %s removed", runner_id, owner)
         return removed
 
@@ -1381,7 +1575,7 @@ class RunnerManager:
                 for d in plan.deletes
             ]
             runner_futures += [
-                self._submit(self._delete_runner, r.name, "resume", allow_busy=True)
+                self._submit(self._delete_runner, r.name, "resume", allow_busy=flush_busy)
                 for r in settled.resume
             ]
             runner_futures += [self._submit(self._remove_stale, r, obs) for r in settled.stale]
@@ -1799,9 +1993,19 @@ class RunnerManager:
         self.metrics.set_runner_counts(counts)
         return out
 
+    def removals(self) -> dict[str, int]:
+        """Runners (and leftovers) the fleet removed, by reason (``ghrm_runners_removed_total``)."""
+        return {
+            key.removeprefix("runners_removed_"): value
+            for key, value in sorted(self.store.counters().items())
+            if key.startswith("runners_removed_")
+        }
+
     def info(self) -> str:
         """The statistics as a human-readable table (text)."""
-        return render_statistics(self.statistics(), self.store.counters())
+        return render_statistics(
+            self.statistics(), self.store.counters(), backoffs=self.create_backoffs()
+        )
 
     # ----------------------------------------------------------------------- runner binary
     @property
@@ -1893,7 +2097,10 @@ def _opt_float(value: object) -> float | None:
 
 
 def render_statistics(
-    stats: Mapping[str, GroupStatistics], counters: Mapping[str, int] | None = None
+    stats: Mapping[str, GroupStatistics],
+    counters: Mapping[str, int] | None = None,
+    *,
+    backoffs: Iterable[Mapping[str, Any]] = (),
 ) -> str:
     """A rich table of per-group statistics, rendered to plain text."""
     from rich.console import Console
@@ -1931,5 +2138,22 @@ def render_statistics(
         failures = counters.get("runner_create_failures", 0)
         console.print(
             f"jobs unmatched: {unmatched}, refused by sizing policy: {refused}, failed creates: {failures}"
+        )
+        removed = {
+            k.removeprefix("runners_removed_"): v
+            for k, v in sorted(counters.items())
+            if k.startswith("runners_removed_")
+        }
+        if removed:
+            console.print(
+                "runners removed: " + ", ".join(f"{reason} {n}" for reason, n in removed.items())
+            )
+    for entry in backoffs:
+        console.print(
+            f"creates backing off: group {entry['group']} at {entry['owner']} (unit {entry['unit']}) "
+            f"for {entry['seconds_left']:g}s more after {entry['failures']} failed rounds; "
+            f"last error: {entry['error']}",
+            markup=False,
+            highlight=False,
         )
     return buffer.getvalue()

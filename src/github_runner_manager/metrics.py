@@ -20,6 +20,12 @@ Promised series (see :class:`Metrics` for the attribute names):
   ``ghrm_backend_errors_total{backend,operation,error}`` (error = exception class name);
 * ``ghrm_webhook_deliveries_total{event,result}``, ``ghrm_webhook_rejected_total{reason}``;
 * ``ghrm_jobqueue_malformed_total``, ``ghrm_reconcile_seconds``, ``ghrm_reconcile_total{result}``.
+* ``ghrm_runner_create_failures_total{group}``, ``ghrm_create_backoff_seconds{group}`` (current
+  backoff after failed creates), ``ghrm_create_backoff_skips_total{group}``;
+* ``ghrm_runners_removed_total{group,reason}`` -- reasons: ``flush``, ``never-registered``, ``offline``,
+  ``done``, ``vanished`` (its instance disappeared), ``lifetime``, ``idle-surplus``, ``resume`` (an
+  interrupted delete finished), ``stale-creation`` (its creator died), ``gone-unit``,
+  ``orphan-instance``, ``orphan-github``.
 """
 
 from __future__ import annotations
@@ -165,6 +171,23 @@ class Metrics:
         )  # fmt: skip
         self.reconciles = Counter(
             "ghrm_reconcile", "Reconcile passes by result (ok, error).", ["result"], registry=reg,
+        )  # fmt: skip
+        self.create_failures = Counter(
+            "ghrm_runner_create_failures", "Runner creates that failed and were undone, by group.",
+            ["group"], registry=reg,
+        )  # fmt: skip
+        self.create_backoff = Gauge(
+            "ghrm_create_backoff_seconds",
+            "Current backoff of runner creation after failed creates (0 when creates work), by group.",
+            ["group"], registry=reg,
+        )  # fmt: skip
+        self.create_backoff_skips = Counter(
+            "ghrm_create_backoff_skips",
+            "Creates not started because the group's creation was backing off.", ["group"], registry=reg,
+        )  # fmt: skip
+        self.runners_removed = Counter(
+            "ghrm_runners_removed", "Runners (or their leftovers) removed, by group and reason.",
+            ["group", "reason"], registry=reg,
         )  # fmt: skip
         for (
             reason

@@ -401,9 +401,10 @@ def _check_fields(fields: Mapping[str, object], *, allow_identity: bool = False)
 
 # KEYS: 1 all-set, 2 group-set, 3 owner-set, 4.. runner hashes
 # ARGV: 1 group_cap, 2 total_cap, 3 owner_cap, 4 now, 5 group, 6 owner, 7 unit, 8 backend, 9 state,
-#       10.. names (same order as KEYS[4..])
+#       10 n extra field/value pairs, 11..10+2n those pairs, then the names (same order as KEYS[4..])
 _RESERVE_LUA = """
 local gcap, tcap, ocap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n_extra = tonumber(ARGV[10])
 local total = redis.call('SCARD', KEYS[1])
 local in_group = redis.call('SCARD', KEYS[2])
 local in_owner = redis.call('SCARD', KEYS[3])
@@ -412,11 +413,14 @@ for i = 4, #KEYS do
   if (gcap > 0 and in_group >= gcap) or (tcap > 0 and total >= tcap) or (ocap > 0 and in_owner >= ocap) then
     break
   end
-  local name = ARGV[i + 6]
+  local name = ARGV[i + 7 + 2 * n_extra]
   if redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('HSET', KEYS[i], 'name', name, 'group', ARGV[5], 'owner', ARGV[6], 'unit', ARGV[7],
                'backend', ARGV[8], 'state', ARGV[9], 'created_at', ARGV[4], 'updated_at', ARGV[4],
                'github_id', '', 'job_id', '', 'registered', '0', 'busy_since', '')
+    for j = 11, 10 + 2 * n_extra, 2 do
+      redis.call('HSET', KEYS[i], ARGV[j], ARGV[j + 1])
+    end
     redis.call('SADD', KEYS[1], name)
     redis.call('SADD', KEYS[2], name)
     redis.call('SADD', KEYS[3], name)
@@ -608,12 +612,15 @@ class Store:
         total_cap: int,
         owner_cap: int,
         backend: str = "",
+        fields: Mapping[str, object] | None = None,
     ) -> list[str]:
         """Atomically create ``CREATING`` records for as many of ``names`` as the caps allow.
 
         Counts are of every record in Redis (all units, all states): the group's against
         ``group_cap``, the owner's against ``owner_cap``, all records against ``total_cap``; 0 means
-        no cap. Names that already have a record are skipped, never overwritten.
+        no cap. Names that already have a record are skipped, never overwritten. ``fields`` (e.g. the
+        creator's ``session``, a ``job_id``) are written into each new record in the same atomic
+        step, so a crash right after the reservation never leaves a record without them.
 
         Returns:
             The names reserved, in the order given (a prefix of the new names).
@@ -630,11 +637,13 @@ class Store:
         ):
             if cap < 0:
                 raise ValueError(f"{cap_name} must be >= 0 (0 = no cap), got {cap}")
+        extra = _check_fields(fields or {})
         keys = [self._all_key, self._group_key(group), self._owner_key(owner)]
         keys += [self._runner_key(name) for name in names]
         args: list[str | int] = [
             int(group_cap), int(total_cap), int(owner_cap), repr(time.time()),
-            group, owner, unit, backend, RunnerState.CREATING.value, *names,
+            group, owner, unit, backend, RunnerState.CREATING.value, len(extra),
+            *(item for pair in extra.items() for item in pair), *names,
         ]  # fmt: skip
         raw = self._call("reserve", lambda: self._reserve(keys=keys, args=args))
         reserved = [str(name) for name in raw or []]
@@ -772,11 +781,24 @@ class Store:
 
     # -- leases and locks -----------------------------------------------------------------------
     @contextmanager
-    def lease(self, key: str, ttl: float) -> Iterator[bool]:
+    def lease(
+        self,
+        key: str,
+        ttl: float,
+        *,
+        holder: str = "",
+        holder_dead: Callable[[str], bool] | None = None,
+    ) -> Iterator[bool]:
         """Try to take the lease ``key`` for ``ttl`` seconds; yields whether this call holds it.
 
         Never blocks. On exit the lease is released only if it is still ours (compare-and-delete),
         so a holder that outlived its ttl cannot release someone else's lease.
+
+        ``holder`` (who takes the lease, e.g. a process session) is stored with the lease. When the
+        lease is taken and ``holder_dead`` says its holder is dead, the lease is broken at once
+        (compare-and-delete of exactly that value) and taken: work a SIGKILLed process left half
+        done is resumed by the next caller instead of waiting out the ttl. ``holder_dead`` must only
+        answer True when it is sure (a process of this host that no longer runs).
 
         Raises:
             StoreUnavailable: Redis failed while taking the lease.
@@ -784,11 +806,25 @@ class Store:
         if ttl <= 0:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         lease_key = f"{self.key_prefix}:lease:{key}"
-        token = uuid.uuid4().hex
+        token = f"{uuid.uuid4().hex}|{holder}" if holder else uuid.uuid4().hex
         millis = max(1, int(ttl * 1000))
-        acquired = bool(
-            self._call("lease", lambda: self.client.set(lease_key, token, nx=True, px=millis))
-        )
+
+        def take() -> bool:
+            return bool(
+                self._call("lease", lambda: self.client.set(lease_key, token, nx=True, px=millis))
+            )
+
+        acquired = take()
+        if not acquired and holder_dead is not None:
+            current = self._call("lease", lambda: self.client.get(lease_key))
+            other = str(current).partition("|")[2] if current else ""
+            if other and holder_dead(other):
+                broken = self._call(
+                    "lease", lambda: self._release(keys=[lease_key], args=[current])
+                )
+                if broken:
+                    logger.warning("lease %s of dead process %s broken", key, other)
+                acquired = take()
         try:
             yield acquired
         finally:

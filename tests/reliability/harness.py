@@ -728,20 +728,7 @@ def report(name: str, summary: dict[str, Any]) -> None:
 #: Bugs a campaign found that are reported but not fixed yet (their module's owner is still at work),
 #: by the text of the problem they cause. A campaign whose only problems are known bugs is reported as
 #: an expected failure naming them; any other problem fails it. Remove an entry once it is fixed.
-KNOWN_BUGS: dict[str, re.Pattern[str]] = {
-    "BUG-1 (manager.py): a delete interrupted by a crash keeps its 'delete:<runner>' lease for 300 s "
-    "(120 s for stale creations), so no reconcile or flush can resume it until then: the record stays "
-    "'deleting' (or whatever state it had) and counts against the caps, and the instance keeps "
-    "running": re.compile(r"stuck deleting|delete lease is still held"),
-    "BUG-10 (manager.py/store.py): a runner is reserved and its creator's session recorded in two "
-    "steps; a crash in between leaves a 'creating' record without a session, which reconciles leave "
-    "alone for 30 s (_SESSIONLESS_GRACE) because it may belong to a live creator": re.compile(
-        r"reserved without a creator session"
-    ),
-    "BUG-3 (manager.py): no backoff when creates keep failing: every pending job is retried at each "
-    "sweep (2 s) and reconcile, each attempt registering and deleting a JIT runner (2 GitHub writes), "
-    "so a backend outage spends GitHub's secondary write budget": re.compile(r"without backoff"),
-}
+KNOWN_BUGS: dict[str, re.Pattern[str]] = {}
 
 
 def settle(problems: list[str], context: str = "") -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import threading
@@ -34,6 +35,7 @@ from tests.reliability.harness import (
     no_traceback,
     pid_alive,
     report,
+    run_cli,
     settle,
 )
 
@@ -62,6 +64,15 @@ def _group(**overrides: Any) -> list[dict[str, Any]]:
 
 def _counter(fleet: Fleet, name: str) -> int:
     return int(fleet.redis.hget("ghrm:counters", name) or 0)
+
+
+def _removals(fleet: Fleet) -> dict[str, int]:
+    """Removals the fleet counted (``runners_removed_<reason>`` counters in Redis), by reason."""
+    return {
+        key.removeprefix("runners_removed_"): int(value)
+        for key, value in fleet.redis.hgetall("ghrm:counters").items()
+        if key.startswith("runners_removed_")
+    }
 
 
 def _settled(fleet: Fleet, manager: Manager) -> list[str]:
@@ -100,15 +111,33 @@ def test_create_failures_are_undone_counted_and_retried(fleet: Fleet) -> None:
     jit = sorted(e["time"] for e in log if "generate-jitconfig" in e["path"])
     writes = sum(1 for e in log if e["method"] in ("POST", "DELETE"))
     gaps = [round(b - a, 2) for a, b in itertools.pairwise(jit)]
-    third = max(1, len(gaps) // 3)
-    early, late = gaps[:third], gaps[-third:]
-    growing = bool(gaps) and sum(late) / len(late) >= 2 * sum(early) / len(early)
-    per_job = attempts / WAITING
-    if per_job > 8 and not growing:
+    # the backoff (create_backoff 2 s doubling, +-20 % jitter): the first attempts run together (at most
+    # one per waiting job), then one probe at a time after ~2, ~4, ~8 s: at most 4 in the window
+    burst = [g for g in gaps if g < 1.0]
+    probes = gaps[len(burst) :]
+    bound = WAITING + 4
+    growing = all(b >= 1.5 * a for a, b in itertools.pairwise(probes))
+    if attempts > bound or len(burst) >= WAITING or not growing or any(g < 1.0 for g in probes):
         problems.append(
-            f"create retries without backoff: {attempts} failed creates for {WAITING} waiting jobs in "
-            f"{WINDOW:g}s ({writes} GitHub writes = {writes * 5} secondary-limit points; gaps {gaps[:12]})"
+            f"create retries without backoff: {attempts} failed creates (bound {bound}) for {WAITING} "
+            f"waiting jobs in {WINDOW:g}s ({writes} GitHub writes = {writes * 5} secondary-limit "
+            f"points; gaps {gaps[:12]})"
         )
+    backoff_metric = manager.metric("ghrm_create_backoff_seconds", {"group": "small"})
+    skips = manager.metric("ghrm_create_backoff_skips_total", {"group": "small"})
+    status = run_cli(manager.config, "status", "--json")
+    shown = (
+        json.loads(status.stdout)["create_backoffs"] if status.returncode == 0 else status.stderr
+    )
+    if backoff_metric <= 0 or skips < 1:
+        problems.append(f"backoff not in metrics: seconds {backoff_metric}, skips {skips}")
+    if not (
+        isinstance(shown, list)
+        and [(b["unit"], b["group"], b["owner"]) for b in shown] == [("u0", "small", "acme")]
+        and shown[0]["failures"] >= 2
+        and "injected create failure" in shown[0]["error"]
+    ):
+        problems.append(f"status does not show the backoff: {shown}")
     problems += [
         f"while every create fails: {p}"
         for p in _settled(fleet, manager)
@@ -139,6 +168,9 @@ def test_create_failures_are_undone_counted_and_retried(fleet: Fleet) -> None:
                 "github_writes": writes,
                 "gaps": gaps[:20],
                 "backoff": growing,
+                "backoff_metric_seconds": backoff_metric,
+                "creates_skipped_in_backoff": skips,
+                "status_backoffs": shown,
             },
             "problems": len(problems),
         },
@@ -217,12 +249,19 @@ def test_instances_that_never_register_are_replaced(fleet: Fleet) -> None:
     left = gone & set(fleet.github_runners())
     if left:
         problems.append(f"JIT registrations of removed instances left on GitHub: {sorted(left)}")
+    removals = _removals(fleet)
+    counted = manager.metric("ghrm_runners_removed_total", {"reason": "never-registered"})
+    if removals.get("never-registered", 0) < len(gone) or counted < len(gone):
+        problems.append(
+            f"{len(gone)} never-registered instances removed, counted: redis {removals}, metric {counted}"
+        )
     problems += [f"log: {line}" for line in no_traceback(manager.log_text())]
     report(
         "backend-never-register",
         {
             "instances_seen": len(seen),
             "removed": len(gone),
+            "removals_counted": removals,
             "max_instances": most_instances,
             "max_github_runners": most_github,
             "problems": len(problems),
@@ -298,6 +337,16 @@ def test_vanished_instances_are_cleaned_up(fleet: Fleet) -> None:
     later = fleet.queue_job(["echo replaced"])
     if fleet.wait_jobs_done([later], 60)[later]["conclusion"] != "success":
         problems.append("no replacement served the next job")
+    removals = _removals(fleet)
+    # the idle runner's dead machine is "vanished"; the busy one's job failed, so it is a "done" husk
+    if removals.get("vanished", 0) < 1 or removals.get("done", 0) < 1:
+        problems.append(f"removals of vanished machines not counted: {removals}")
+    if manager.metric("ghrm_runners_removed_total", {"reason": "vanished"}) < 1:
+        problems.append("ghrm_runners_removed_total{reason=vanished} not counted")
     problems += [f"log: {line}" for line in no_traceback(manager.log_text())]
-    report("backend-vanish", {"vanished_idle": 1, "vanished_busy": 1, "problems": len(problems)})
+    report(
+        "backend-vanish",
+        {"vanished_idle": 1, "vanished_busy": 1, "removals_counted": removals,
+         "problems": len(problems)},
+    )  # fmt: skip
     settle(problems, manager.tail(60))

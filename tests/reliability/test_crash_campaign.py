@@ -341,24 +341,89 @@ def test_sigkill_mid_operation_then_one_reconcile_settles_it(fleet: Fleet, momen
 
 
 def test_a_reservation_left_by_a_crash_is_settled_by_one_reconcile(fleet: Fleet) -> None:
-    """The state a crash between reserving a runner and recording its creator's session leaves.
+    """A process killed right after reserving a runner leaves nothing for longer than one reconcile.
 
-    ``_create_runners`` reserves the records (one Lua call) and writes the creating process's session
-    into each in a second call; a kill in between leaves a ``creating`` record without a session (seen
-    once in the crash campaign). It is recreated here directly in Redis, then one ``reconcile`` runs.
+    ``_create_runners`` reserves the record with its creator's session in one Lua call (BUG-10: the
+    session used to be written by a second call, and a kill in between left a sessionless record that
+    reconciles left alone for 30 s). A real process reserves a record through ``Store`` exactly as
+    the manager does and is SIGKILLed at once; then one ``reconcile`` runs.
     """
-    from github_runner_manager.store import Store
+    import subprocess
+    import sys
+
+    from tests.reliability.harness import cli_env
 
     manager = fleet.add("u0", hook=False, reconcile_interval="1h")
-    store = Store(fleet.redis_url, key_prefix=KEY_PREFIX)
-    try:
-        name = "ghr-small-crash0"
-        reserved = store.reserve_runners(
-            "small", "acme", [name], "u0", group_cap=0, total_cap=0, owner_cap=0, backend="fake"
-        )
-        assert reserved == [name]
-    finally:
-        store.close()
+    name = "ghr-small-crash0"
+    script = (
+        "import os, signal\n"
+        "from github_runner_manager.manager import _proc_start\n"
+        "from github_runner_manager.store import Store\n"
+        f"store = Store({fleet.redis_url!r}, key_prefix={KEY_PREFIX!r})\n"
+        "session = f'{os.getpid()}:{_proc_start(os.getpid())}'\n"
+        f"got = store.reserve_runners('small', 'acme', [{name!r}], 'u0', group_cap=0, total_cap=0,"
+        " owner_cap=0, backend='fake', fields={'session': session})\n"
+        f"assert got == [{name!r}], got\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    creator = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert creator.returncode == -signal.SIGKILL, creator.stderr
+    left = fleet.records()
+    assert left[name]["state"] == "creating" and left[name].get("session"), left
     result = run_cli(manager.config, "--log-level", "info", "reconcile")
     assert result.returncode == 0, result.stderr
+    assert "abandoned creation cleaned up" in result.stderr, result.stderr[-3000:]
     settle(fleet.unit_problems(manager), result.stderr[-3000:])
+
+
+def test_a_runner_that_took_a_job_while_its_interrupted_delete_waited_is_kept(fleet: Fleet) -> None:
+    """The other half of BUG-1: a resumed delete must not kill a runner that became busy meanwhile.
+
+    A process deciding to remove an idle runner marks its record ``deleting`` and takes the runner's
+    delete lease, then is killed before it reaches the instance: the runner stays registered and
+    online, and takes a job. The next reconcile breaks the dead process's lease and resumes the
+    delete -- it must give the runner back to ``busy`` instead, let the job finish, then remove it.
+    """
+    from github_runner_manager.manager import _host_identity
+
+    manager = fleet.add("u0", hook=False, reconcile_interval="1h")
+    first = run_cli(manager.config, "reconcile")
+    assert first.returncode == 0, first.stderr
+    wait_for(lambda: any(r["online"] for r in fleet.github_runners().values()), 30, what="online")
+    job = fleet.queue_job(["sleep 4", "echo survived"])
+    state = fleet.emulator.state
+
+    def reported_busy() -> list[str]:  # what GitHub's REST API says (it lags the job's start)
+        with state.lock:
+            return [r.name for r in state.runners.values() if state.reported_busy(r)]
+
+    wait_for(reported_busy, 30, interval=0.05, what="GitHub reporting a runner busy")
+    [name] = reported_busy()
+    # what the killed process left: the record marked for an idle-surplus delete, its lease held by
+    # a process of this host that no longer runs (this pid with another start time)
+    key = f"{KEY_PREFIX}:runner:{name}"
+    fleet.redis.hset(
+        key, mapping={"state": "deleting", "delete_reason": "idle-surplus", "delete_busy": "0"}
+    )
+    fleet.redis.set(
+        f"{KEY_PREFIX}:lease:delete:{name}", f"x|{_host_identity()}/{os.getpid()}:0", px=300_000
+    )
+    again = run_cli(manager.config, "--log-level", "info", "reconcile")
+    assert again.returncode == 0, again.stderr
+    assert f"lease delete:{name} of dead process" in again.stderr, again.stderr[-3000:]
+    assert fleet.records().get(name, {}).get("state") == "busy", again.stderr[-3000:]
+    assert name in manager.instances()
+    done = fleet.wait_jobs_done([job], 60)
+    assert done[job]["conclusion"] == "success", done
+    # once the job is done the runner is a husk: one more reconcile removes it
+    wait_for(
+        lambda: (
+            run_cli(manager.config, "reconcile").returncode == 0 and name not in fleet.records()
+        ),
+        60,
+        interval=1,
+        what="the husk removed",
+    )
+    assert name not in manager.instances() and name not in fleet.github_runners()

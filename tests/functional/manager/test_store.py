@@ -338,6 +338,51 @@ def test_lease_expires_and_a_late_holder_never_releases_the_next_one(redis_url: 
             pass
 
 
+def test_a_lease_of_a_dead_holder_is_broken_and_a_live_ones_kept(redis_url: str) -> None:
+    one, two = Store(redis_url, key_prefix="ld"), Store(redis_url, key_prefix="ld")
+    judged: list[str] = []
+
+    def dead(holder: str) -> bool:
+        judged.append(holder)
+        return holder == "host/111:1"
+
+    crashed = one.lease("delete:r1", 300, holder="host/111:1")
+    assert crashed.__enter__() is True  # its holder is then killed: never exits
+    left = two.client.get("ld:lease:delete:r1")
+    with two.lease("delete:r1", 300, holder="host/222:2", holder_dead=dead) as taken:
+        assert taken is True
+        assert judged == ["host/111:1"]
+        assert two.client.get("ld:lease:delete:r1") != left
+        assert two.client.pttl("ld:lease:delete:r1") > 290_000
+        # a live holder's lease is not broken, and a lease without a holder is never judged
+        with one.lease("delete:r1", 300, holder="host/333:3", holder_dead=dead) as third:
+            assert third is False
+        assert judged == ["host/111:1", "host/222:2"]
+    with one.lease("delete:r2", 300) as anonymous:
+        assert anonymous is True
+        with two.lease("delete:r2", 300, holder="h/1:1", holder_dead=lambda h: True) as other:
+            assert other is False
+    # the stale holder exiting late does not release the new holder's lease
+    with two.lease("delete:r3", 300, holder="host/222:2") as held:
+        assert held is True
+        crashed.__exit__(None, None, None)
+        assert two.client.exists("ld:lease:delete:r3") == 1
+
+
+def test_reserve_writes_fields_atomically_and_refuses_identity_or_secrets(store: Store) -> None:
+    names = _names(2)
+    got = _reserve(store, names, fields={"session": "42:9", "job_id": 7})
+    assert got == names
+    for name in names:
+        record = store.get_runner(name)
+        assert record is not None and record.extra["session"] == "42:9" and record.job_id == 7
+        assert record.state is RunnerState.CREATING and record.group == "small"
+    for bad in ({"state": "idle"}, {"api_token": "x"}, {"Bad-Name": 1}):
+        with pytest.raises(ValueError):
+            _reserve(store, _names(1), fields=bad)
+    assert store.total_count() == 2
+
+
 def test_lock_is_a_redis_py_lock(store: Store) -> None:
     lock = store.lock("reconcile:unit-0", timeout=5)
     other = store.lock("reconcile:unit-0", timeout=5)

@@ -149,6 +149,7 @@ def test_defaults() -> None:
     assert group.image == "github-runner-debian-bookworm" and group.runner_group == "default"
     assert cfg.webhook is None and cfg.redis.url == "redis://127.0.0.1:6379/0"
     assert (cfg.register_timeout, cfg.offline_timeout, cfg.concurrency) == (300.0, 120.0, 32)
+    assert (cfg.create_backoff, cfg.create_backoff_max) == (2.0, 60.0)
     assert cfg.prefix == "ghr" and cfg.unit
     assert cfg.metrics_listen == "127.0.0.1:9464"
 
@@ -546,3 +547,13 @@ def test_dump_round_trips_except_secrets() -> None:
     ) == cfg.model_dump(
         exclude={"github": {"token"}, "webhook": {"secret"}, "redis": {"url"}, "backends": True}
     )
+
+
+def test_create_backoff_bounds_are_checked_and_named() -> None:
+    cfg = parse_config(minimal(create_backoff="5s", create_backoff_max="10m"))
+    assert (cfg.create_backoff, cfg.create_backoff_max) == (5.0, 600.0)
+    problems = problems_of(minimal(create_backoff="2m", create_backoff_max="30s"))
+    assert problems == [
+        "create_backoff_max: 30s is shorter than create_backoff (120s): make it at least as long"
+    ], problems
+    assert any(p.startswith("create_backoff:") for p in problems_of(minimal(create_backoff="0s")))
