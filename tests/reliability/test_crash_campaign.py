@@ -392,7 +392,8 @@ def test_a_runner_that_took_a_job_while_its_interrupted_delete_waited_is_kept(fl
     first = run_cli(manager.config, "reconcile")
     assert first.returncode == 0, first.stderr
     wait_for(lambda: any(r["online"] for r in fleet.github_runners().values()), 30, what="online")
-    job = fleet.queue_job(["sleep 4", "echo survived"])
+    gate = manager.directory / "job-may-end"  # the job runs until the test says so
+    job = fleet.queue_job([f"while [ ! -e {gate} ]; do sleep 0.05; done", "echo survived"])
     state = fleet.emulator.state
 
     def reported_busy() -> list[str]:  # what GitHub's REST API says (it lags the job's start)
@@ -415,6 +416,8 @@ def test_a_runner_that_took_a_job_while_its_interrupted_delete_waited_is_kept(fl
     assert f"lease delete:{name} of dead process" in again.stderr, again.stderr[-3000:]
     assert fleet.records().get(name, {}).get("state") == "busy", again.stderr[-3000:]
     assert name in manager.instances()
+    assert fleet.jobs()[job]["status"] == "in_progress"
+    gate.touch()
     done = fleet.wait_jobs_done([job], 60)
     assert done[job]["conclusion"] == "success", done
     # once the job is done the runner is a husk: one more reconcile removes it
