@@ -229,6 +229,8 @@ class _Observation:
     """What one reconcile saw."""
 
     now: float
+    #: wall-clock time the observation began (records' ``created_at`` are wall-clock too)
+    wall: float
     records: dict[str, RunnerRecord]
     github: dict[str, dict[str, GitHubRunner]]
     github_ok: dict[str, bool]
@@ -264,6 +266,8 @@ class _Settled:
     orphan_github: list[tuple[str, int]] = field(default_factory=list)
     uncertain: set[str] = field(default_factory=set)
     vanished: set[str] = field(default_factory=set)
+    #: runners this observation's (successful) GitHub listing no longer shows: no DELETE needed
+    github_gone: set[str] = field(default_factory=set)
     owner_elsewhere: dict[str, int] = field(default_factory=dict)
     total_elsewhere: int = 0
 
@@ -622,6 +626,7 @@ class RunnerManager:
     # ---------------------------------------------------------------------------- observe
     def _observe(self) -> _Observation:
         now = self.clock()
+        wall = time.time()
         records = {r.name: r for r in self.store.list_runners()}
         github: dict[str, dict[str, GitHubRunner]] = {}
         github_ok: dict[str, bool] = {}
@@ -656,6 +661,7 @@ class RunnerManager:
         unfinished = self._unfinished([r.name for r in records.values() if r.unit == self.unit])
         return _Observation(
             now=now,
+            wall=wall,
             records=records,
             github=github,
             github_ok=github_ok,
@@ -709,6 +715,8 @@ class RunnerManager:
                 continue
             gh_ok = obs.github_ok.get(rec.owner, False)
             gr = obs.github.get(rec.owner, {}).get(rec.name)
+            if gh_ok and gr is None and rec.state is not RunnerState.CREATING:
+                out.github_gone.add(rec.name)
             located = obs.instances.get(rec.name)
             inst = located[1] if located else None
             b_ok = (
@@ -1003,7 +1011,14 @@ class RunnerManager:
             reason = delete.reason
             if reason == "done" and delete.name in settled.vanished:
                 reason = "vanished"
-            futures.append(self._submit(self._delete_runner, delete.name, reason))
+            futures.append(
+                self._submit(
+                    self._delete_runner,
+                    delete.name,
+                    reason,
+                    github_gone=delete.name in settled.github_gone,
+                )
+            )
         for name in plan.cleanups:
             futures.append(self._submit(self._cleanup_instance, name))
         for owner, runner_id in plan.github_removals:
@@ -1014,14 +1029,23 @@ class RunnerManager:
             group = self._group(create.group)
             if group is None:
                 continue
-            names = self._create_runners(
-                group,
-                GitHubPath.parse(create.owner),
-                create.count,
-                sizing=resources,
-                reason=create.reason,
-                wait=False,
-            )
+            # job intake creates runners while this reconcile observes (under the same lock): the
+            # plan did not see those, so they count against its creates (no second runner per job)
+            with self._group_locks[(group.name, create.owner)]:
+                since = self._created_since(group.name, create.owner, obs, exclude=started)
+                if since:
+                    logger.info(
+                        "group %s at %s: %d of %d planned creates already made since the observation",
+                        group.name, create.owner, min(since, create.count), create.count,
+                    )  # fmt: skip
+                names = self._create_runners(
+                    group,
+                    GitHubPath.parse(create.owner),
+                    create.count - since,
+                    sizing=resources,
+                    reason=create.reason,
+                    wait=False,
+                )
             created += len(names)
             started += names
         sized = self._serve_dedicated(obs)
@@ -1035,6 +1059,22 @@ class RunnerManager:
             len(plan.github_removals), len(settled.stale),
         )  # fmt: skip
         return plan.delta + dedicated
+
+    def _created_since(
+        self, group: str, owner: str, obs: _Observation, *, exclude: Iterable[str] = ()
+    ) -> int:
+        """Generic runners of this unit reserved after ``obs`` began that it did not see."""
+        skip = set(exclude)
+        return sum(
+            1
+            for rec in self.store.list_runners(group)
+            if rec.unit == self.unit
+            and rec.owner == owner
+            and rec.created_at >= obs.wall
+            and rec.name not in obs.records
+            and rec.name not in skip
+            and not rec.extra.get("runson")
+        )
 
     def _demands(self, obs: _Observation, quantity: int | None) -> list[planner.GroupDemand]:
         pending: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -1439,7 +1479,9 @@ class RunnerManager:
                     "runner %s of gone unit %s: registration and record removed", rec.name, rec.unit
                 )
 
-    def _delete_runner(self, name: str, reason: str, *, allow_busy: bool = False) -> bool:
+    def _delete_runner(
+        self, name: str, reason: str, *, allow_busy: bool = False, github_gone: bool = False
+    ) -> bool:
         """Delete one runner: instance, then GitHub runner, then record. False when it is kept."""
         with self._inflight_lock:
             if name in self._deleting:
@@ -1449,12 +1491,14 @@ class RunnerManager:
             with self._delete_lease(name, ttl=300) as mine:
                 if not mine:
                     return False
-                return self._delete_locked(name, reason, allow_busy)
+                return self._delete_locked(name, reason, allow_busy, github_gone)
         finally:
             with self._inflight_lock:
                 self._deleting.discard(name)
 
-    def _delete_locked(self, name: str, reason: str, allow_busy: bool) -> bool:
+    def _delete_locked(
+        self, name: str, reason: str, allow_busy: bool, github_gone: bool = False
+    ) -> bool:
         rec = self.store.get_runner(name)
         if rec is None:
             return False
@@ -1483,7 +1527,10 @@ class RunnerManager:
             with self.metrics.backend_call(bname, "delete"):
                 self.backend(bname).delete(name)
         if rec.github_id is not None:
-            self.github.delete_runner(path, rec.github_id)
+            if github_gone or (reason == "done" and self._github_removed_it(rec)):
+                logger.debug("runner %s: GitHub removed the runner itself", name)
+            else:
+                self.github.delete_runner(path, rec.github_id)
         else:
             for gr in self.github.list_runners(path):
                 if gr.name == name:
@@ -1496,6 +1543,20 @@ class RunnerManager:
         )
         logger.info("runner %s deleted (%s)", name, reason)
         return True
+
+    def _github_removed_it(self, rec: RunnerRecord) -> bool:
+        """Whether GitHub removed this runner itself: ephemeral, and its job completed successfully.
+
+        GitHub deletes an ephemeral runner once its job is done; a DELETE would be answered 404 and
+        still cost a rate-limit unit per job. A runner whose job failed may have lost its machine
+        mid-job (GitHub then keeps it, offline), so only a success is trusted; a registration left
+        behind anyway is an orphan the next reconciles remove.
+        """
+        group = self._group(rec.group)
+        if group is None or not group.ephemeral or rec.job_id is None:
+            return False
+        job = self.jobqueue.job_status(rec.job_id) or {}
+        return job.get("status") == "completed" and job.get("conclusion") == "success"
 
     def _took_a_job(self, rec: RunnerRecord, path: GitHubPath) -> bool:
         """Before resuming an interrupted delete of an idle runner: did it take a job meanwhile?

@@ -329,6 +329,11 @@ def test_two_managers_serve_30_jobs_within_caps(world: Any, redis_url: str, tmp_
             >= 30
         )
         assert counters.get("jobs_unmatched", 0) == 0
+        # GitHub removes an ephemeral runner whose job succeeded: no DELETE answered 404 was sent
+        # for the 30 husks (each would have cost a rate-limit unit)
+        log = emulator.control.stats()["request_log"]
+        deletes = [e for e in log if e["method"] == "DELETE" and "/actions/runners/" in e["path"]]
+        assert [e for e in deletes if e["status"] == 404] == [], deletes
 
         for manager in managers:
             assert manager.stop() == 0, manager.tail()
@@ -582,3 +587,38 @@ def test_records_of_a_gone_unit_stop_holding_cap_slots(world: Any, manager: Runn
     names = {r.name for r in manager.store.list_runners()}
     assert name not in names and alive[0] in names  # a live unit's records are never touched
     assert all(r["name"] != name for r in our_github_runners(world))
+
+
+def test_a_job_queued_while_reconcile_observes_gets_one_runner(
+    world: Any, manager: RunnerManager
+) -> None:
+    """Job intake creates a runner while a reconcile is between reading the records and the pending
+    jobs: the reconcile's plan sees the job but not its runner, and must not create a second one."""
+    fault = world.control.fault(
+        route="actions/list-self-hosted-runners-for-org", latency=2.0, count=1
+    )
+
+    def listing_in_progress() -> bool:
+        faults = requests.get(f"{world.url}/_emulator/faults", timeout=5).json()
+        return any(f["id"] == fault["id"] and f["hits"] == 1 for f in faults)
+
+    errors: list[BaseException] = []
+
+    def reconcile() -> None:
+        try:
+            manager.reconcile()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=reconcile)
+    thread.start()
+    wait_for(listing_in_progress, 10, interval=0.02, what="the reconcile inside its GitHub listing")
+    assert manager.store.list_runners() == []  # it has read the records: none
+    assert manager.job_queued(3000, "acme/app", ["self-hosted", "small"], time.time()) == "small"
+    assert len(manager.store.list_runners("small")) == 1  # intake made the job's runner at once
+    thread.join(30)
+    assert not thread.is_alive() and not errors, errors
+    assert manager.wait_idle(30)
+    runners = manager.store.list_runners("small")
+    assert len(runners) == 1, [(r.name, r.state, r.created_at) for r in runners]
+    assert manager.pending_jobs().keys() == {3000}
