@@ -16,44 +16,33 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from github_runner_manager.backends._common import SizedType, by_size, size_table, smallest_fit
 from github_runner_manager.backends.base import (
     AuthError,
     Backend,
-    BackendConfigError,
     BackendError,
     BackendSettings,
-    CapacityError,
     Instance,
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
-    MissingDependencyError,
+    error_for_codes,
+    missing_dependency,
 )
-from github_runner_manager.units import GIB, parse_size
+from github_runner_manager.units import GIB
 
 try:
     import boto3
     import botocore.config
     import botocore.exceptions
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "backend 'aws' needs the 'boto3' library: pip install 'github-runner-manager[aws]'"
-    ) from _exc
+    raise missing_dependency("aws", "boto3", extra="aws") from _exc
 
 logger = logging.getLogger(__name__)
 
@@ -104,27 +93,14 @@ NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Ma
 #: EC2 accepts at most 16 KB of user-data before base64.
 MAX_USER_DATA = 16 * 1024
 
-Size = Annotated[int, BeforeValidator(parse_size)]
 
-
-class InstanceType(BaseModel):
+class InstanceType(SizedType):
     """One row of the flavor table: an EC2 instance type and what it offers."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1)
-    cpu: int = Field(gt=0)
-    memory: Size
-
-
-def _types(*rows: tuple[str, int, int]) -> list[InstanceType]:
-    return [
-        InstanceType.model_validate({"name": n, "cpu": c, "memory": f"{m}GiB"}) for n, c, m in rows
-    ]
 
 
 #: Default flavor table (x86_64, general purpose), cheapest first for each size.
-DEFAULT_INSTANCE_TYPES = _types(
+DEFAULT_INSTANCE_TYPES = size_table(
+    InstanceType,
     ("t3.micro", 2, 1),
     ("t3.small", 2, 2),
     ("t3.medium", 2, 4),
@@ -215,9 +191,7 @@ class AWSSettings(BackendSettings):
     @field_validator("instance_types")
     @classmethod
     def _table(cls, value: list[InstanceType]) -> list[InstanceType]:
-        if not value:
-            raise ValueError("the flavor table needs at least one instance type")
-        return sorted(value, key=lambda t: (t.cpu, t.memory))
+        return by_size(value, empty="the flavor table needs at least one instance type")
 
     @model_validator(mode="after")
     def _credentials(self) -> AWSSettings:
@@ -251,12 +225,13 @@ def pick_instance_type(table: list[InstanceType], cpu: int, memory: int) -> str:
     Raises:
         BackendConfigError: no type is big enough (the message names the setting to extend).
     """
-    for row in table:
-        if row.cpu >= cpu and row.memory >= memory:
-            return row.name
-    raise BackendConfigError(
-        f"backends.aws.instance_types: no instance type has {cpu} CPUs and {memory // GIB} GiB; "
-        "add a bigger one or set instance_type"
+    return smallest_fit(
+        table,
+        cpu,
+        memory,
+        setting="backends.aws.instance_types",
+        what="instance type",
+        override="instance_type",
     )
 
 
@@ -266,6 +241,10 @@ class AWSBackend(Backend):
     name: ClassVar[str] = "aws"
     settings_model: ClassVar[type[BackendSettings]] = AWSSettings
     settings: AWSSettings
+    provider_errors: ClassVar[tuple[type[Exception], ...]] = (
+        botocore.exceptions.ClientError,
+        botocore.exceptions.BotoCoreError,
+    )
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, prefix: str = "ghr") -> None:
         super().__init__(settings, prefix=prefix)
@@ -308,32 +287,26 @@ class AWSBackend(Backend):
                 self._client.close()
             self._client = None
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _translate(self, action: str, exc: Exception) -> BackendError:
         """Map boto3/botocore errors onto the contract's error classes, on their codes."""
-        try:
-            yield
-        except BackendError:
-            raise
-        except botocore.exceptions.ClientError as exc:
+        if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
-            text = f"aws: {action}: {code}: {error.get('Message', '')}"
-            if code in AUTH_CODES:
-                raise AuthError(text) from None
-            if code in CAPACITY_CODES:
-                raise CapacityError(text) from None
-            if code in NOT_FOUND_CODES:
-                raise InstanceNotFound(text) from None
-            raise BackendError(text) from None
-        except (
-            botocore.exceptions.NoCredentialsError,
-            botocore.exceptions.PartialCredentialsError,
-            botocore.exceptions.ProfileNotFound,
-        ) as exc:
-            raise AuthError(f"aws: {action}: {exc}") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise BackendError(f"aws: {action}: {exc}") from None
+            return error_for_codes(
+                [code],
+                f"aws: {action}: {code}: {error.get('Message', '')}",
+                capacity=CAPACITY_CODES,
+                auth=AUTH_CODES,
+                not_found=NOT_FOUND_CODES,
+            )
+        if isinstance(
+            exc,
+            botocore.exceptions.NoCredentialsError
+            | botocore.exceptions.PartialCredentialsError
+            | botocore.exceptions.ProfileNotFound,
+        ):
+            return AuthError(f"aws: {action}: {exc}")
+        return BackendError(f"aws: {action}: {exc}")
 
     # ------------------------------------------------------------------ contract
     def create(self, spec: InstanceSpec) -> Instance:
@@ -344,12 +317,7 @@ class AWSBackend(Backend):
             raise BackendError(
                 f"aws: user-data for {spec.name} is {len(data)} bytes; EC2 takes at most {MAX_USER_DATA}"
             )
-        if s.max_instances:
-            current = len(self.list(prefix=self.prefix))
-            if current >= s.max_instances:
-                raise CapacityError(
-                    f"aws: {current} instances with prefix {self.prefix!r} reach max_instances={s.max_instances}"
-                )
+        self._check_room(s.max_instances, "instances")
         instance_type = str(
             spec.extra.get("instance_type")
             or s.instance_type
@@ -421,17 +389,12 @@ class AWSBackend(Backend):
         self, prefix: str | None = None, tags: Mapping[str, str] | None = None
     ) -> list[Instance]:
         """Live instances whose ``Name`` starts with the prefix and which carry ``tags``."""
-        wanted = self.prefix if prefix is None else prefix
+        wanted = self._wanted_prefix(prefix)
         filters = [{"Name": "tag:Name", "Values": [_wildcard_escape(wanted) + "*"]}]
         filters += [
             {"Name": f"tag:{k}", "Values": [_wildcard_escape(v)]} for k, v in (tags or {}).items()
         ]
-        found = []
-        for raw in self._describe(filters):
-            instance = self._instance(raw)
-            if self._matches(instance.name, instance.tags, prefix, tags):
-                found.append(instance)
-        return found
+        return self._select(map(self._instance, self._describe(filters)), prefix, tags)
 
     def delete(self, name: str) -> None:
         """Terminate every live instance named ``name``; none is not an error."""

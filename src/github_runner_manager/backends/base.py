@@ -12,13 +12,21 @@ The manager decides on error *classes*, never on message text:
 * :class:`InstanceNotFound` -- the instance does not exist (``get`` only; ``delete`` is idempotent).
 * :class:`BackendConfigError` -- the backend's settings are invalid; the message names the field.
 * :class:`MissingDependencyError` -- the optional client library is not installed; names the extra.
+
+What implementations share lives here too: a backend lists its client library's exception classes
+in :attr:`Backend.provider_errors` and classifies them in :meth:`Backend._translate` (for error codes,
+with :func:`error_for_codes`), then wraps provider calls in ``with self._errors(action):``;
+``list`` keeps what :meth:`Backend._select` keeps, and ``create`` honours ``max_instances`` through
+:meth:`Backend._check_room`. Settings and flavor-table pieces are in ``backends/_common.py``.
 """
 
 from __future__ import annotations
 
 import abc
+import builtins
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -55,6 +63,46 @@ class BackendConfigError(BackendError):
 
 class MissingDependencyError(BackendError):
     """The backend's client library is not installed; the message names the pip extra."""
+
+
+def missing_dependency(
+    backend: str, library: str | None, *, extra: str | None
+) -> MissingDependencyError:
+    """The error for a backend whose client ``library`` is missing: it names the pip ``extra``."""
+    hint = f"pip install 'github-runner-manager[{extra}]'" if extra else "reinstall the package"
+    return MissingDependencyError(f"backend {backend!r} needs the {library!r} library: {hint}")
+
+
+def error_for_codes(
+    codes: Collection[str],
+    text: str,
+    *,
+    capacity: Collection[str] = (),
+    auth: Collection[str] = (),
+    not_found: Collection[str] = (),
+) -> BackendError:
+    """The contract error for a provider's error ``codes``: capacity before auth before not-found."""
+    for kinds, cls in ((capacity, CapacityError), (auth, AuthError), (not_found, InstanceNotFound)):
+        if any(code in kinds for code in codes):
+            return cls(text)
+    return BackendError(text)
+
+
+@contextmanager
+def translated_errors(
+    catch: tuple[type[Exception], ...], translate: Callable[[Exception], BackendError]
+) -> Iterator[None]:
+    """Let contract errors through and raise what ``translate`` makes of an exception in ``catch``.
+
+    The contract error is raised without the provider's exception chained to it (its text is in the
+    message); any other exception propagates unchanged.
+    """
+    try:
+        yield
+    except BackendError:
+        raise
+    except catch as exc:
+        raise translate(exc) from None
 
 
 class InstanceState(enum.Enum):
@@ -124,6 +172,8 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     #: pydantic model validating this backend's settings mapping.
     settings_model: ClassVar[type[BackendSettings]] = BackendSettings
+    #: the client library's exception classes that :meth:`_errors` hands to :meth:`_translate`.
+    provider_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, prefix: str = "ghr") -> None:
         self.settings = self.parse_settings(settings or {})
@@ -172,6 +222,19 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    # ------------------------------------------------------------------ helpers for implementations
+    def _errors(self, action: str) -> AbstractContextManager[None]:
+        """A block whose :attr:`provider_errors` become contract errors through :meth:`_translate`."""
+        return translated_errors(self.provider_errors, lambda exc: self._translate(action, exc))
+
+    def _translate(self, action: str, exc: Exception) -> BackendError:
+        """The contract error for a provider error raised while doing ``action`` (here: no class)."""
+        return BackendError(f"{self.name}: {action}: {exc}")
+
+    def _wanted_prefix(self, prefix: str | None) -> str:
+        """The name prefix a ``list`` call asks for: ``prefix``, else this backend's."""
+        return self.prefix if prefix is None else prefix
+
     def _matches(
         self,
         name: str,
@@ -179,7 +242,26 @@ class Backend(abc.ABC):
         prefix: str | None,
         tags: Mapping[str, str] | None,
     ) -> bool:
-        wanted = self.prefix if prefix is None else prefix
-        if not name.startswith(wanted):
+        if not name.startswith(self._wanted_prefix(prefix)):
             return False
         return all(inst_tags.get(k) == v for k, v in (tags or {}).items())
+
+    def _select(
+        self,
+        instances: Iterable[Instance],
+        prefix: str | None,
+        tags: Mapping[str, str] | None,
+    ) -> builtins.list[Instance]:
+        """The instances ``list(prefix, tags)`` returns, of those a provider's own filter let through."""
+        return [i for i in instances if self._matches(i.name, i.tags, prefix, tags)]
+
+    def _check_room(self, max_instances: int, what: str) -> None:
+        """CapacityError when ``max_instances`` (0: no cap) ``what`` with our prefix exist already."""
+        if not max_instances:
+            return
+        current = len(self.list(prefix=self.prefix))
+        if current >= max_instances:
+            raise CapacityError(
+                f"{self.name}: {current} {what} with prefix {self.prefix!r} "
+                f"reach max_instances={max_instances}"
+            )

@@ -20,8 +20,7 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -39,7 +38,7 @@ from github_runner_manager.backends.base import (
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
-    MissingDependencyError,
+    missing_dependency,
 )
 
 try:
@@ -48,9 +47,7 @@ try:
     import requests.exceptions
     from docker.models.containers import Container
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "backend 'docker' needs the 'docker' library: pip install 'github-runner-manager[docker]'"
-    ) from _exc
+    raise missing_dependency("docker", "docker", extra="docker") from _exc
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +161,11 @@ class DockerBackend(Backend):
     name: ClassVar[str] = "docker"
     settings_model: ClassVar[type[BackendSettings]] = DockerSettings
     settings: DockerSettings
+    provider_errors: ClassVar[tuple[type[Exception], ...]] = (
+        docker.errors.DockerException,
+        requests.exceptions.RequestException,
+        OSError,
+    )
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, prefix: str = "ghr") -> None:
         super().__init__(settings, prefix=prefix)
@@ -202,57 +204,40 @@ class DockerBackend(Backend):
                 self._docker.close()
                 self._docker = None
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _translate(self, action: str, exc: Exception) -> BackendError:
         """Map docker SDK and transport errors onto the contract's error classes."""
-        try:
-            yield
-        except BackendError:
-            raise
-        except docker.errors.ImageNotFound as exc:
-            raise BackendError(
+        if isinstance(exc, docker.errors.ImageNotFound):
+            return BackendError(
                 f"docker: {action}: image not found on {self.settings.base_url} "
                 f"(no registry is used: `docker import ROOTFS.tar NAME` first): {exc.explanation}"
-            ) from None
-        except docker.errors.NotFound as exc:
-            raise InstanceNotFound(f"docker: {action}: {exc.explanation}") from None
-        except docker.errors.APIError as exc:
+            )
+        if isinstance(exc, docker.errors.NotFound):
+            return InstanceNotFound(f"docker: {action}: {exc.explanation}")
+        if isinstance(exc, docker.errors.APIError):
             text = str(exc.explanation or exc)
             if _CAPACITY_PATTERNS.search(text):
-                raise CapacityError(f"docker: {action}: {text}") from None
+                return CapacityError(f"docker: {action}: {text}")
             if exc.status_code in (401, 403):
-                raise AuthError(f"docker: {action}: the daemon refused us: {text}") from None
-            raise BackendError(f"docker: {action}: {text}") from None
-        except requests.exceptions.SSLError as exc:
-            raise AuthError(
-                f"docker: {action}: TLS handshake with the daemon failed: {exc}"
-            ) from None
-        except PermissionError as exc:
-            raise AuthError(
+                return AuthError(f"docker: {action}: the daemon refused us: {text}")
+            return BackendError(f"docker: {action}: {text}")
+        if isinstance(exc, requests.exceptions.SSLError):
+            return AuthError(f"docker: {action}: TLS handshake with the daemon failed: {exc}")
+        if (
+            isinstance(exc, PermissionError)
+            or isinstance(exc.__context__, PermissionError)
+            or "Permission denied" in str(exc)
+        ):
+            return AuthError(
                 f"docker: {action}: no permission to use {self.settings.base_url}: {exc}"
-            ) from None
-        except (
-            requests.exceptions.RequestException,
-            docker.errors.DockerException,
-            OSError,
-        ) as exc:
-            if isinstance(exc.__context__, PermissionError) or "Permission denied" in str(exc):
-                raise AuthError(
-                    f"docker: {action}: no permission to use {self.settings.base_url}: {exc}"
-                ) from None
-            raise BackendError(f"docker: {action}: daemon unreachable or failing: {exc}") from None
+            )
+        return BackendError(f"docker: {action}: daemon unreachable or failing: {exc}")
 
     # ------------------------------------------------------------------ contract
     def create(self, spec: InstanceSpec) -> Instance:
         """Create, fill and start a container for the runner."""
         s = self.settings
         image = s.image or spec.image
-        if s.max_instances:
-            current = len(self.list(prefix=self.prefix))
-            if current >= s.max_instances:
-                raise CapacityError(
-                    f"docker: {current} containers with prefix {self.prefix!r} reach max_instances={s.max_instances}"
-                )
+        self._check_room(s.max_instances, "containers")
         command = s.command or ["/bin/sh", "-c", _BOOTSTRAP]
         host_config: dict[str, Any] = {
             "mem_limit": spec.memory or None,
@@ -309,7 +294,7 @@ class DockerBackend(Backend):
         self, prefix: str | None = None, tags: Mapping[str, str] | None = None
     ) -> list[Instance]:
         """Containers (running or not) whose name starts with the prefix and whose labels carry ``tags``."""
-        wanted = self.prefix if prefix is None else prefix
+        wanted = self._wanted_prefix(prefix)
         filters: dict[str, Any] = {}
         if wanted:
             filters["name"] = re.escape(wanted)

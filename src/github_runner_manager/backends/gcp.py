@@ -22,18 +22,22 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from datetime import datetime
-from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from github_runner_manager.backends._common import (
+    ReadableFile,
+    SizedType,
+    by_size,
+    parse_timestamp,
+    size_table,
+    smallest_fit,
+)
 from github_runner_manager.backends.base import (
     AuthError,
     Backend,
-    BackendConfigError,
     BackendError,
     BackendSettings,
     CapacityError,
@@ -41,9 +45,10 @@ from github_runner_manager.backends.base import (
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
-    MissingDependencyError,
+    error_for_codes,
+    missing_dependency,
 )
-from github_runner_manager.units import GIB, parse_size
+from github_runner_manager.units import GIB
 
 try:
     import google.auth
@@ -54,9 +59,7 @@ try:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import compute_v1
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "backend 'gcp' needs the 'google-cloud-compute' library: pip install 'github-runner-manager[gcp]'"
-    ) from _exc
+    raise missing_dependency("gcp", "google-cloud-compute", extra="gcp") from _exc
 
 logger = logging.getLogger(__name__)
 
@@ -105,27 +108,14 @@ echo "github-runner-manager: user-data is not a script and cloud-init is missing
 exit 1
 """
 
-Size = Annotated[int, BeforeValidator(parse_size)]
 
-
-class MachineType(BaseModel):
+class MachineType(SizedType):
     """One row of the machine type table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1)
-    cpu: int = Field(gt=0)
-    memory: Size
-
-
-def _table(*rows: tuple[str, int, int]) -> list[MachineType]:
-    return [
-        MachineType.model_validate({"name": n, "cpu": c, "memory": f"{m}GiB"}) for n, c, m in rows
-    ]
 
 
 #: Default machine types (x86_64, general purpose), smallest first.
-DEFAULT_MACHINE_TYPES = _table(
+DEFAULT_MACHINE_TYPES = size_table(
+    MachineType,
     ("e2-small", 2, 2),
     ("e2-medium", 2, 4),
     ("e2-standard-2", 2, 8),
@@ -163,7 +153,7 @@ class GCPSettings(BackendSettings):
     project: str = Field(min_length=1)
     zone: str
     endpoint: str | None = None
-    credentials_file: Path | None = None
+    credentials_file: ReadableFile | None = None
     machine_type: str | None = None
     machine_types: list[MachineType] = Field(default_factory=lambda: list(DEFAULT_MACHINE_TYPES))
     image: str | None = None
@@ -199,19 +189,10 @@ class GCPSettings(BackendSettings):
             raise ValueError(f"{value!r} is not an endpoint like https://compute.googleapis.com")
         return value.rstrip("/") if value else value
 
-    @field_validator("credentials_file")
-    @classmethod
-    def _credentials_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{str(value)!r} is not a readable file")
-        return value
-
     @field_validator("machine_types")
     @classmethod
     def _machine_types(cls, value: list[MachineType]) -> list[MachineType]:
-        if not value:
-            raise ValueError("the machine type table needs at least one entry")
-        return sorted(value, key=lambda t: (t.cpu, t.memory))
+        return by_size(value, empty="the machine type table needs at least one entry")
 
 
 def label_key(key: str) -> str:
@@ -246,6 +227,11 @@ class GCPBackend(Backend):
     name: ClassVar[str] = "gcp"
     settings_model: ClassVar[type[BackendSettings]] = GCPSettings
     settings: GCPSettings
+    provider_errors: ClassVar[tuple[type[Exception], ...]] = (
+        gexc.GoogleAPIError,
+        google.auth.exceptions.GoogleAuthError,
+        requests.exceptions.RequestException,
+    )
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, prefix: str = "ghr") -> None:
         super().__init__(settings, prefix=prefix)
@@ -290,31 +276,23 @@ class GCPBackend(Backend):
                     client.transport.close()
             self._instances_client = self._operations_client = None
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _translate(self, action: str, exc: Exception) -> BackendError:
         """Map Google API and auth errors onto the contract's error classes."""
-        try:
-            yield
-        except BackendError:
-            raise
-        except gexc.NotFound as exc:
-            raise InstanceNotFound(f"gcp: {action}: {exc.message}") from None
-        except gexc.Unauthorized as exc:
-            raise AuthError(f"gcp: {action}: credentials rejected: {exc.message}") from None
-        except gexc.Forbidden as exc:
-            if _is_quota(exc):
-                raise CapacityError(f"gcp: {action}: {exc.message}") from None
-            raise AuthError(f"gcp: {action}: permission denied: {exc.message}") from None
-        except gexc.TooManyRequests as exc:
-            if _is_quota(exc):
-                raise CapacityError(f"gcp: {action}: {exc.message}") from None
-            raise BackendError(f"gcp: {action}: rate limited: {exc.message}") from None
-        except gexc.GoogleAPICallError as exc:
-            raise BackendError(f"gcp: {action}: {exc.code} {exc.message}") from None
-        except google.auth.exceptions.GoogleAuthError as exc:
-            raise AuthError(f"gcp: {action}: credentials unusable: {exc}") from None
-        except (gexc.GoogleAPIError, requests.exceptions.RequestException) as exc:
-            raise BackendError(f"gcp: {action}: {exc}") from None
+        if isinstance(exc, gexc.NotFound):
+            return InstanceNotFound(f"gcp: {action}: {exc.message}")
+        if isinstance(exc, gexc.Unauthorized):
+            return AuthError(f"gcp: {action}: credentials rejected: {exc.message}")
+        if isinstance(exc, gexc.Forbidden | gexc.TooManyRequests) and _is_quota(exc):
+            return CapacityError(f"gcp: {action}: {exc.message}")
+        if isinstance(exc, gexc.Forbidden):
+            return AuthError(f"gcp: {action}: permission denied: {exc.message}")
+        if isinstance(exc, gexc.TooManyRequests):
+            return BackendError(f"gcp: {action}: rate limited: {exc.message}")
+        if isinstance(exc, gexc.GoogleAPICallError):
+            return BackendError(f"gcp: {action}: {exc.code} {exc.message}")
+        if isinstance(exc, google.auth.exceptions.GoogleAuthError):
+            return AuthError(f"gcp: {action}: credentials unusable: {exc}")
+        return BackendError(f"gcp: {action}: {exc}")
 
     def _wait(self, operation: Any, action: str) -> None:
         """Wait for a zone operation to be DONE and raise what its error means."""
@@ -338,15 +316,13 @@ class GCPBackend(Backend):
         errors = list(op.error.errors) if op.error else []
         if not errors:
             return
-        codes = {e.code for e in errors}
-        text = f"gcp: {action}: " + "; ".join(f"{e.code}: {e.message}" for e in errors)
-        if codes & CAPACITY_CODES:
-            raise CapacityError(text)
-        if codes & AUTH_CODES:
-            raise AuthError(text)
-        if "RESOURCE_NOT_FOUND" in codes:
-            raise InstanceNotFound(text)
-        raise BackendError(text)
+        raise error_for_codes(
+            {e.code for e in errors},
+            f"gcp: {action}: " + "; ".join(f"{e.code}: {e.message}" for e in errors),
+            capacity=CAPACITY_CODES,
+            auth=AUTH_CODES,
+            not_found={"RESOURCE_NOT_FOUND"},
+        )
 
     # ------------------------------------------------------------------ contract
     def create(self, spec: InstanceSpec) -> Instance:
@@ -356,12 +332,7 @@ class GCPBackend(Backend):
             raise BackendError(
                 f"gcp: {spec.name!r} is not a valid instance name (lowercase letters, digits, '-', at most 63)"
             )
-        if s.max_instances:
-            current = len(self.list(prefix=self.prefix))
-            if current >= s.max_instances:
-                raise CapacityError(
-                    f"gcp: {current} instances with prefix {self.prefix!r} reach max_instances={s.max_instances}"
-                )
+        self._check_room(s.max_instances, "instances")
         machine = str(
             spec.extra.get("machine_type") or s.machine_type or self._pick(spec.cpu, spec.memory)
         )
@@ -450,8 +421,7 @@ class GCPBackend(Backend):
         self, prefix: str | None = None, tags: Mapping[str, str] | None = None
     ) -> list[Instance]:
         """Instances whose name starts with the prefix and which carry ``tags``."""
-        wanted = self.prefix if prefix is None else prefix
-        terms = [f'(name eq "{_filter_regex(wanted)}.*")']
+        terms = [f'(name eq "{_filter_regex(self._wanted_prefix(prefix))}.*")']
         terms += [
             f'(labels.{label_key(k)} eq "{_filter_regex(label_value(v))}")'
             for k, v in (tags or {}).items()
@@ -461,13 +431,10 @@ class GCPBackend(Backend):
         request = compute_v1.ListInstancesRequest(
             project=s.project, zone=s.zone, filter=" ".join(terms), max_results=500
         )
-        found = []
         with self._errors("listing instances"):
-            for raw in client.list(request=request, timeout=s.timeout):
-                instance = self._instance(raw)
-                if self._matches(instance.name, instance.tags, prefix, tags):
-                    found.append(instance)
-        return found
+            return self._select(
+                map(self._instance, client.list(request=request, timeout=s.timeout)), prefix, tags
+            )
 
     def delete(self, name: str) -> None:
         """Delete the instance and wait until it is gone; a missing instance is not an error."""
@@ -491,12 +458,13 @@ class GCPBackend(Backend):
 
     # ------------------------------------------------------------------ helpers
     def _pick(self, cpu: int, memory: int) -> str:
-        for row in self.settings.machine_types:
-            if row.cpu >= cpu and row.memory >= memory:
-                return row.name
-        raise BackendConfigError(
-            f"backends.gcp.machine_types: no machine type has {cpu} CPUs and {memory // GIB} GiB; "
-            "add a bigger one or set machine_type"
+        return smallest_fit(
+            self.settings.machine_types,
+            cpu,
+            memory,
+            setting="backends.gcp.machine_types",
+            what="machine type",
+            override="machine_type",
         )
 
     def _instance(self, raw: Any) -> Instance:
@@ -512,19 +480,11 @@ class GCPBackend(Backend):
         public = None
         if nics and nics[0].access_configs:
             public = nics[0].access_configs[0].nat_i_p or None
-        created = None
-        if raw.creation_timestamp:
-            try:
-                created = datetime.fromisoformat(
-                    raw.creation_timestamp.replace("Z", "+00:00")
-                ).timestamp()
-            except ValueError:
-                created = None
         return Instance(
             name=raw.name,
             state=STATE_MAP.get(raw.status, InstanceState.UNKNOWN),
             tags=tags,
-            created_at=created,
+            created_at=parse_timestamp(raw.creation_timestamp),
             address=address,
             backend=self.name,
             extra={

@@ -15,12 +15,11 @@ attached to the bridge with default actions ``allow``; it needs LXD's nftables f
 from __future__ import annotations
 
 import builtins
-import datetime
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, suppress
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ from pydantic import field_validator, model_validator
 from pylxd import exceptions as lxd_exceptions
 from pylxd.client import LXDSSLAdapter
 
+from github_runner_manager.backends._common import parse_timestamp
 from github_runner_manager.backends.base import (
     AuthError,
     Backend,
@@ -44,6 +44,7 @@ from github_runner_manager.backends.base import (
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
+    translated_errors,
 )
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,13 @@ def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and "busy" in str(exc).lower()
 
 
+def _image_missing(image: str) -> str:
+    return (
+        f"image alias {image!r} not found in LXD; build it first "
+        "(github-runner-manager build-image, or scripts/build-runner-image.sh)"
+    )
+
+
 def _tag_to_key(tag: str) -> str:
     if tag.startswith("ghrm-"):
         return f"user.{tag}"
@@ -173,17 +181,6 @@ def _tags_from_config(config: Mapping[str, str]) -> dict[str, str]:
     return tags
 
 
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    # LXD gives nanoseconds; fromisoformat of older Pythons takes at most microseconds.
-    trimmed = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
-    try:
-        return datetime.datetime.fromisoformat(trimmed).timestamp()
-    except ValueError:
-        return None
-
-
 def _size(value: int) -> str:
     mib = 1024**2
     return f"{value // mib}MiB" if value % mib == 0 else f"{value}B"
@@ -194,6 +191,12 @@ class LXDBackend(Backend):
 
     name: ClassVar[str] = "lxd"
     settings_model: ClassVar[type[BackendSettings]] = LXDSettings
+    provider_errors: ClassVar[tuple[type[Exception], ...]] = (
+        lxd_exceptions.LXDAPIException,
+        requests.exceptions.ConnectionError,  # SSLError among them
+        lxd_exceptions.ClientConnectionFailed,
+        requests.exceptions.Timeout,
+    )
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, prefix: str = "ghr") -> None:
         super().__init__(settings, prefix=prefix)
@@ -258,42 +261,37 @@ class LXDBackend(Backend):
         """Drop this thread's client (others are dropped with their threads)."""
         self._local.client = None
 
-    @contextmanager
-    def _errors(self, action: str, *, image: str | None = None) -> Iterator[None]:
-        """Map pylxd/requests errors onto the backend error classes."""
-        try:
-            yield
-        except BackendError:
-            raise
-        except lxd_exceptions.NotFound as exc:
+    def _errors(self, action: str, *, image: str | None = None) -> AbstractContextManager[None]:
+        """A block whose pylxd/requests errors become contract errors (``image``: the alias used)."""
+        return translated_errors(
+            self.provider_errors, lambda exc: self._translate(action, exc, image=image)
+        )
+
+    def _translate(self, action: str, exc: Exception, *, image: str | None = None) -> BackendError:
+        """Map pylxd/requests errors onto the backend error classes (dropping a broken client)."""
+        if isinstance(exc, lxd_exceptions.NotFound):
             if image is not None and "image" in str(exc).lower():
-                raise BackendError(
-                    f"{action}: image alias {image!r} not found in LXD; build it first "
-                    "(github-runner-manager build-image, or scripts/build-runner-image.sh)"
-                ) from None
-            raise InstanceNotFound(f"{action}: {exc}") from None
-        except lxd_exceptions.LXDAPIException as exc:
+                return BackendError(f"{action}: {_image_missing(image)}")
+            return InstanceNotFound(f"{action}: {exc}")
+        if isinstance(exc, lxd_exceptions.LXDAPIException):
             status = getattr(getattr(exc, "response", None), "status_code", None)
             message = str(exc)
             if status in (401, 403) or _AUTH_PATTERNS.search(message):
-                raise AuthError(f"{action}: LXD refused: {message}") from None
+                return AuthError(f"{action}: LXD refused: {message}")
             if image is not None and re.search(r"image.*not found|not found.*image", message, re.I):
-                raise BackendError(
-                    f"{action}: image alias {image!r} not found in LXD; build it first "
-                    "(github-runner-manager build-image, or scripts/build-runner-image.sh)"
-                ) from None
+                return BackendError(f"{action}: {_image_missing(image)}")
             if _CAPACITY_PATTERNS.search(message):
-                raise CapacityError(f"{action}: LXD is out of resources: {message}") from None
-            raise BackendError(f"{action}: {message}") from None
-        except requests.exceptions.SSLError as exc:
-            raise AuthError(f"{action}: TLS error talking to LXD: {exc}") from None
-        except (requests.exceptions.ConnectionError, lxd_exceptions.ClientConnectionFailed) as exc:
+                return CapacityError(f"{action}: LXD is out of resources: {message}")
+            return BackendError(f"{action}: {message}")
+        if isinstance(exc, requests.exceptions.SSLError):
+            return AuthError(f"{action}: TLS error talking to LXD: {exc}")
+        if isinstance(
+            exc, requests.exceptions.ConnectionError | lxd_exceptions.ClientConnectionFailed
+        ):
             self.close()
-            raise BackendError(f"{action}: cannot reach LXD: {exc}") from None
-        except requests.exceptions.Timeout:
-            raise BackendError(
-                f"{action}: LXD did not answer within {self.lxd_settings.timeout}s"
-            ) from None
+            return BackendError(f"{action}: cannot reach LXD: {exc}")
+        # What is left of provider_errors: a requests Timeout.
+        return BackendError(f"{action}: LXD did not answer within {self.lxd_settings.timeout}s")
 
     # ------------------------------------------------------------------ contract
 
@@ -399,7 +397,7 @@ class LXDBackend(Backend):
             name=lxd_instance.name,
             state=STATE_MAP.get(lxd_instance.status, InstanceState.UNKNOWN),
             tags=_tags_from_config(config),
-            created_at=_parse_time(getattr(lxd_instance, "created_at", None)),
+            created_at=parse_timestamp(getattr(lxd_instance, "created_at", None)),
             address=address,
             backend=self.name,
             extra={
@@ -474,10 +472,7 @@ class LXDBackend(Backend):
             with self._errors(f"looking up image {image!r}", image=image):
                 self.client.images.get_by_alias(image)
         except InstanceNotFound:
-            raise BackendError(
-                f"image alias {image!r} not found in LXD; build it first "
-                "(github-runner-manager build-image, or scripts/build-runner-image.sh)"
-            ) from None
+            raise BackendError(_image_missing(image)) from None
 
     # ------------------------------------------------------------------ denylist
 

@@ -20,14 +20,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from github_runner_manager.backends._common import ReadableFile, parse_timestamp
 from github_runner_manager.backends.base import (
     AuthError,
     Backend,
@@ -39,7 +37,7 @@ from github_runner_manager.backends.base import (
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
-    MissingDependencyError,
+    missing_dependency,
 )
 from github_runner_manager.units import MIB
 
@@ -50,9 +48,7 @@ try:
     import openstack.connection
     import openstack.exceptions as os_exc
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "backend 'openstack' needs the 'openstacksdk' library: pip install 'github-runner-manager[openstack]'"
-    ) from _exc
+    raise missing_dependency("openstack", "openstacksdk", extra="openstack") from _exc
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +103,7 @@ class OpenStackSettings(BackendSettings):
         build_timeout: seconds ``create`` waits for the server to leave BUILD (0: do not wait).
     """
 
-    clouds_yaml: Path | None = None
+    clouds_yaml: ReadableFile | None = None
     cloud: str | None = None
     auth_url: str | None = None
     username: str | None = None
@@ -135,13 +131,6 @@ class OpenStackSettings(BackendSettings):
             raise ValueError(
                 f"{value!r} is not a Keystone URL like https://keystone.example.com:5000/v3"
             )
-        return value
-
-    @field_validator("clouds_yaml")
-    @classmethod
-    def _clouds_yaml(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{str(value)!r} is not a readable file")
         return value
 
     @field_validator("interface")
@@ -174,6 +163,10 @@ class OpenStackBackend(Backend):
     name: ClassVar[str] = "openstack"
     settings_model: ClassVar[type[BackendSettings]] = OpenStackSettings
     settings: OpenStackSettings
+    provider_errors: ClassVar[tuple[type[Exception], ...]] = (
+        os_exc.SDKException,
+        ksa_exc.ClientException,
+    )
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, prefix: str = "ghr") -> None:
         super().__init__(settings, prefix=prefix)
@@ -221,34 +214,26 @@ class OpenStackBackend(Backend):
                 self._conn.close()
             self._conn = None
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _translate(self, action: str, exc: Exception) -> BackendError:
         """Map openstacksdk and keystoneauth errors onto the contract's error classes."""
-        try:
-            yield
-        except BackendError:
-            raise
-        except os_exc.NotFoundException as exc:
-            raise InstanceNotFound(f"openstack: {action}: {_message(exc)}") from None
-        except os_exc.HttpException as exc:
+        if isinstance(exc, os_exc.NotFoundException):
+            return InstanceNotFound(f"openstack: {action}: {_message(exc)}")
+        if isinstance(exc, os_exc.HttpException):
             text = f"openstack: {action}: {exc.status_code}: {_message(exc)}"
             if exc.status_code == 401:
-                raise AuthError(text) from None
+                return AuthError(text)
             if exc.status_code in (403, 413) and _CAPACITY_TEXT.search(_message(exc)):
-                raise CapacityError(text) from None
+                return CapacityError(text)
             if exc.status_code == 403:
-                raise AuthError(text) from None
-            raise BackendError(text) from None
-        except (
-            ksa_exc.Unauthorized,
-            ksa_exc.AuthorizationFailure,
-            ksa_exc.MissingAuthPlugin,
-        ) as exc:
-            raise AuthError(f"openstack: {action}: credentials rejected: {exc}") from None
-        except ksa_exc.Forbidden as exc:
-            raise AuthError(f"openstack: {action}: forbidden: {exc}") from None
-        except (ksa_exc.ClientException, os_exc.SDKException) as exc:
-            raise BackendError(f"openstack: {action}: {exc}") from None
+                return AuthError(text)
+            return BackendError(text)
+        if isinstance(
+            exc, ksa_exc.Unauthorized | ksa_exc.AuthorizationFailure | ksa_exc.MissingAuthPlugin
+        ):
+            return AuthError(f"openstack: {action}: credentials rejected: {exc}")
+        if isinstance(exc, ksa_exc.Forbidden):
+            return AuthError(f"openstack: {action}: forbidden: {exc}")
+        return BackendError(f"openstack: {action}: {exc}")
 
     # ------------------------------------------------------------------ contract
     def create(self, spec: InstanceSpec) -> Instance:
@@ -259,12 +244,7 @@ class OpenStackBackend(Backend):
             raise BackendError(
                 f"openstack: user-data for {spec.name} is {len(encoded)} bytes in base64; Nova takes at most {MAX_USER_DATA_B64}"
             )
-        if s.max_instances:
-            current = len(self.list(prefix=self.prefix))
-            if current >= s.max_instances:
-                raise CapacityError(
-                    f"openstack: {current} servers with prefix {self.prefix!r} reach max_instances={s.max_instances}"
-                )
+        self._check_room(s.max_instances, "servers")
         flavor_id = self._flavor(spec)
         image_id = self._resolve("image", s.image or str(spec.extra.get("image") or spec.image))
         networks: Any = "auto"
@@ -311,13 +291,8 @@ class OpenStackBackend(Backend):
         self, prefix: str | None = None, tags: Mapping[str, str] | None = None
     ) -> list[Instance]:
         """Servers whose name starts with the prefix and whose metadata carries ``tags``."""
-        wanted = self.prefix if prefix is None else prefix
-        found = []
-        for server in self._servers(f"^{re.escape(wanted)}"):
-            instance = self._instance(server)
-            if self._matches(instance.name, instance.tags, prefix, tags):
-                found.append(instance)
-        return found
+        servers = self._servers(f"^{re.escape(self._wanted_prefix(prefix))}")
+        return self._select(map(self._instance, servers), prefix, tags)
 
     def delete(self, name: str) -> None:
         """Delete every server named ``name``; none is not an error."""
@@ -414,14 +389,6 @@ class OpenStackBackend(Backend):
         )
 
     def _instance(self, server: Any) -> Instance:
-        created = None
-        if server.created_at:
-            try:
-                created = datetime.fromisoformat(
-                    str(server.created_at).replace("Z", "+00:00")
-                ).timestamp()
-            except ValueError:
-                created = None
         address = None
         for entries in (server.addresses or {}).values():
             for entry in entries:
@@ -435,7 +402,7 @@ class OpenStackBackend(Backend):
             name=server.name,
             state=STATE_MAP.get(str(server.status), InstanceState.UNKNOWN),
             tags={str(k): str(v) for k, v in (server.metadata or {}).items()},
-            created_at=created,
+            created_at=parse_timestamp(str(server.created_at or "")),
             address=address,
             backend=self.name,
             extra={

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from github_runner_manager.backends.base import Backend, BackendConfigError, MissingDependencyError
+from github_runner_manager.backends.base import Backend, BackendConfigError, missing_dependency
 
 #: name -> (module, class, pip extra that provides its client library)
 BACKENDS: dict[str, tuple[str, str, str | None]] = {
@@ -37,10 +37,7 @@ def backend_class(name: str) -> type[Backend]:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("github_runner_manager"):
             raise
-        hint = f"pip install 'github-runner-manager[{extra}]'" if extra else "reinstall the package"
-        raise MissingDependencyError(
-            f"backend {name!r} needs the {exc.name!r} library: {hint}"
-        ) from None
+        raise missing_dependency(name, exc.name, extra=extra) from None
     cls: type[Backend] = getattr(module, class_name)
     return cls
 

@@ -21,14 +21,13 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, SecretStr, field_validator
 
+from github_runner_manager.backends._common import ReadableFile
 from github_runner_manager.backends.base import (
     AuthError,
     Backend,
@@ -39,7 +38,7 @@ from github_runner_manager.backends.base import (
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
-    MissingDependencyError,
+    missing_dependency,
 )
 from github_runner_manager.units import MIB
 
@@ -47,9 +46,7 @@ try:
     from pyVim.connect import Disconnect, SmartConnect
     from pyVmomi import vim, vmodl
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "backend 'vsphere' needs the 'pyvmomi' library: pip install 'github-runner-manager[vsphere]'"
-    ) from _exc
+    raise missing_dependency("vsphere", "pyvmomi", extra="vsphere") from _exc
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,7 +99,7 @@ class VSphereSettings(BackendSettings):
     user: str = Field(min_length=1)
     password: SecretStr
     insecure: bool = False
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     datacenter: str | None = None
     cluster: str | None = None
     resource_pool: str | None = None
@@ -120,13 +117,6 @@ class VSphereSettings(BackendSettings):
             raise ValueError(f"{value!r} must be a host name or address, without scheme or path")
         return value
 
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{str(value)!r} is not a readable file")
-        return value
-
 
 class VSphereBackend(Backend):
     """Runners as VMs cloned from a template."""
@@ -134,6 +124,11 @@ class VSphereBackend(Backend):
     name: ClassVar[str] = "vsphere"
     settings_model: ClassVar[type[BackendSettings]] = VSphereSettings
     settings: VSphereSettings
+    provider_errors: ClassVar[tuple[type[Exception], ...]] = (
+        vmodl.MethodFault,
+        OSError,
+        ValueError,
+    )
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, prefix: str = "ghr") -> None:
         super().__init__(settings, prefix=prefix)
@@ -193,27 +188,21 @@ class VSphereBackend(Backend):
             with self._errors(action):
                 return fn()
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _translate(self, action: str, exc: Exception) -> BackendError:
         """Map vSphere faults and transport errors onto the contract's error classes."""
-        try:
-            yield
-        except BackendError:
-            raise
-        except CAPACITY_FAULTS as exc:
-            raise CapacityError(f"vsphere: {action}: {_fault(exc)}") from None
-        except AUTH_FAULTS as exc:
-            raise AuthError(f"vsphere: {action}: {_fault(exc)}") from None
-        except vmodl.fault.ManagedObjectNotFound as exc:
-            raise InstanceNotFound(f"vsphere: {action}: {_fault(exc)}") from None
-        except vmodl.MethodFault as exc:
-            raise BackendError(f"vsphere: {action}: {_fault(exc)}") from None
-        except ssl.SSLError as exc:
-            raise BackendError(
+        if isinstance(exc, CAPACITY_FAULTS):
+            return CapacityError(f"vsphere: {action}: {_fault(exc)}")
+        if isinstance(exc, AUTH_FAULTS):
+            return AuthError(f"vsphere: {action}: {_fault(exc)}")
+        if isinstance(exc, vmodl.fault.ManagedObjectNotFound):
+            return InstanceNotFound(f"vsphere: {action}: {_fault(exc)}")
+        if isinstance(exc, vmodl.MethodFault):
+            return BackendError(f"vsphere: {action}: {_fault(exc)}")
+        if isinstance(exc, ssl.SSLError):
+            return BackendError(
                 f"vsphere: {action}: TLS failed ({exc}); give ca_file, or insecure: true for a lab"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"vsphere: {action}: {exc}") from None
+            )
+        return BackendError(f"vsphere: {action}: {exc}")
 
     def _wait(self, task: Any, action: str) -> Any:
         """Poll a task until it ends; raise its fault (mapped by the caller's ``_errors``)."""
@@ -394,12 +383,7 @@ class VSphereBackend(Backend):
     def create(self, spec: InstanceSpec) -> Instance:
         """Clone the template, tag the clone and power it on; CapacityError when vSphere has no room."""
         s = self.settings
-        if s.max_instances:
-            current = len(self.list(prefix=self.prefix))
-            if current >= s.max_instances:
-                raise CapacityError(
-                    f"vsphere: {current} VMs with prefix {self.prefix!r} reach max_instances={s.max_instances}"
-                )
+        self._check_room(s.max_instances, "VMs")
         started = time.monotonic()
         metadata = json.dumps({"instance-id": spec.name, "local-hostname": spec.name})
         extra_config = [
@@ -466,13 +450,12 @@ class VSphereBackend(Backend):
         self, prefix: str | None = None, tags: Mapping[str, str] | None = None
     ) -> list[Instance]:
         """VMs (not templates) whose name starts with the prefix and whose custom values carry ``tags``."""
-        wanted = self.prefix if prefix is None else prefix
+        wanted = self._wanted_prefix(prefix)
 
         def collect() -> list[Instance]:
             return [self._instance(vm, props) for vm, props in self._vms(prefix=wanted)]
 
-        instances = self._call("listing VMs", collect)
-        return [i for i in instances if self._matches(i.name, i.tags, prefix, tags)]
+        return self._select(self._call("listing VMs", collect), prefix, tags)
 
     def delete(self, name: str) -> None:
         """Power off and destroy every VM named ``name``; none is not an error."""
