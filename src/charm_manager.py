@@ -1065,7 +1065,9 @@ class RealManager:
         return dump_config(self._current_config())
 
     def summary(self) -> str:
-        """This unit's runners by state, from the shared Redis records."""
+        """This unit's runners by state, from the shared Redis records; creates that keep failing
+        (the manager backs off) are named with their last error."""
+        from github_runner_manager.manager import read_create_backoffs
         from github_runner_manager.store import Store
 
         cfg = self._current_config()
@@ -1073,9 +1075,16 @@ class RealManager:
             store = Store.from_config(cfg.redis)
             try:
                 records = [r for r in store.list_runners() if r.unit == self.unit_name]
+                backoffs = read_create_backoffs(
+                    store, max_age=cfg.create_backoff_max + 60, unit=self.unit_name
+                )
             finally:
                 store.close()
-        return summary_line(Counter(r.state.value for r in records))
+        line = summary_line(Counter(r.state.value for r in records))
+        if backoffs:
+            groups = ", ".join(sorted({b["group"] for b in backoffs}))
+            line += f"; creates failing for {groups} (retrying): {backoffs[0]['error'][:120]}"
+        return line
 
     def remember_image_inputs(self, state: CharmState) -> None:
         """Keep the image inputs for the `build-image` action (they are not in the manager config)."""

@@ -32,6 +32,7 @@ pending job JSON), ``{p}:units`` (hash unit → last heartbeat), ``{p}:unit:{uni
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -285,6 +286,7 @@ def _proc_start(pid: int) -> str | None:
     return rest[19] if len(rest) > 19 else None
 
 
+@functools.cache
 def _host_identity() -> str:
     """What makes a process id meaningful: this kernel boot and this pid namespace.
 
@@ -300,6 +302,63 @@ def _host_identity() -> str:
     except OSError:
         pidns = "?"
     return f"{boot}:{pidns}".replace("/", "_").replace("|", "_")
+
+
+def holder_is_dead(holder: str) -> bool:
+    """Whether a lease holder (``host/pid:start``) is a process of this host that no longer runs.
+
+    Only a process of the same host identity (:func:`_host_identity`) can be judged; any other
+    holder, or text not of that form, counts as alive.
+    """
+    host, _, session = holder.rpartition("/")
+    if not host or host != _host_identity():
+        return False
+    pid_text, _, start = session.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    return _proc_start(pid) != start
+
+
+def read_create_backoffs(
+    store: Store,
+    *,
+    max_age: float,
+    is_dead: Callable[[str], bool] = holder_is_dead,
+    unit: str | None = None,
+) -> list[dict[str, Any]]:
+    """The creation backoffs units published (``{prefix}:create_backoff``), by unit, group, owner.
+
+    Each: ``unit``, ``group``, ``owner``, ``failures`` (failed rounds), ``seconds_left`` until the
+    next probe create (0: a probe is due or running) and the last ``error``. Left out: entries of
+    processes of this host that no longer run, entries more than ``max_age`` seconds past their
+    probe time (their process is gone, elsewhere), unreadable ones, and other units' when ``unit``.
+
+    Raises:
+        redis.RedisError: Redis failed.
+    """
+    raw = store.client.hgetall(f"{store.key_prefix}:create_backoff")
+    now = time.time()
+    out = []
+    for field_name, value in sorted(raw.items()):
+        owner_unit, _, rest = str(field_name).partition("|")
+        group, _, owner = rest.partition("|")
+        if unit is not None and owner_unit != unit:
+            continue
+        try:
+            data = json.loads(value)
+            until = float(data["until"])
+            failures = int(data["failures"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if now > until + max_age or is_dead(str(data.get("holder") or "")):
+            continue
+        out.append(
+            {"unit": owner_unit, "group": group, "owner": owner, "failures": failures,
+             "seconds_left": round(max(0.0, until - now), 1), "error": str(data.get("error") or "")},
+        )  # fmt: skip
+    return out
 
 
 def path_covers(path: GitHubPath, repo: str) -> bool:
@@ -471,10 +530,7 @@ class RunnerManager:
 
     def _holder_dead(self, holder: str) -> bool:
         """Whether a lease holder (``host/pid:start``) is a process of this host that no longer runs."""
-        host, _, session = holder.rpartition("/")
-        if not host or host != self._host:
-            return False  # another host, container or boot: only the lease's expiry tells
-        return not self._session_alive_text(session)
+        return holder_is_dead(holder)  # another host, container or boot: only the expiry tells
 
     def _delete_lease(self, name: str, ttl: float) -> contextlib.AbstractContextManager[bool]:
         """The lease that serialises every removal of runner ``name`` across processes and units.
@@ -1407,32 +1463,14 @@ class RunnerManager:
     def create_backoffs(self) -> list[dict[str, Any]]:
         """Creation backoffs of the fleet not yet ended by a successful create (any unit).
 
-        What ``status`` shows: ``seconds_left`` until the next probe create (0: a probe is due or
-        running). Entries of processes of this host that no longer run are left out, as are entries
-        older than the longest backoff plus a minute (their process is gone, elsewhere).
+        See :func:`read_create_backoffs`.
         """
-        raw = self._redis("create backoff", lambda: self.store.client.hgetall(self._backoff_key))
-        now = time.time()
-        out = []
-        for field_name, value in sorted(raw.items()):
-            unit, _, rest = str(field_name).partition("|")
-            group, _, owner = rest.partition("|")
-            try:
-                data = json.loads(value)
-                until = float(data["until"])
-                failures = int(data["failures"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if now > until + self.config.create_backoff_max + 60 or self._holder_dead(
-                str(data.get("holder") or "")
-            ):
-                continue
-            out.append(
-                {"unit": unit, "group": group, "owner": owner, "failures": failures,
-                 "seconds_left": round(max(0.0, until - now), 1),
-                 "error": str(data.get("error") or "")},
-            )  # fmt: skip
-        return out
+        return self._redis(
+            "create backoff",
+            lambda: read_create_backoffs(
+                self.store, max_age=self.config.create_backoff_max + 60, is_dead=self._holder_dead
+            ),
+        )
 
     def _removed(self, group: str, reason: str) -> None:
         """Count one removal (of a runner or its leftovers) by why it went."""

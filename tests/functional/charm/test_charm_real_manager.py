@@ -321,3 +321,26 @@ def test_embedded_redis_is_started_and_stopped_by_the_charm(world: World) -> Non
         what="the embedded redis-server stopped",
     )
     assert sys.executable  # (keeps the interpreter import used on every platform)
+
+
+def test_creates_that_keep_failing_show_in_the_unit_status(world: World) -> None:
+    """Every create fails (the backend is down): the service backs off, and the unit's status says
+    which group cannot get runners and why, while staying active (nothing to fix in the charm)."""
+    state = world.state(**{"backend-config": "{mode: local, fail_rate: 1.0}"})
+    world.ctx.run(world.ctx.on.config_changed(), state)
+    assert world.service().running(), world.log()
+
+    def status() -> str | None:
+        out = world.ctx.run(world.ctx.on.update_status(), state)
+        message = out.unit_status.message
+        return (
+            message if out.unit_status.name == "active" and "creates failing" in message else None
+        )
+
+    message = wait_for(status, DEADLINE, interval=0.5, what="the backoff in the unit status")
+    assert message is not None and message.startswith("0 runners: 0 idle, 0 busy; "), message
+    assert (
+        "creates failing for default (retrying): BackendError: injected create failure" in message
+    )
+    assert TOKEN not in message
+    assert world.runners() == []  # every failed create was undone

@@ -192,10 +192,30 @@ def test_generated_configs_block_exactly_when_validation_fails(
             outcomes["blocked"] += 1
             assert out.unit_status == testing.BlockedStatus(expected_block)
             assert fake.state is None
-            # Secret content never shows, unless the operator also typed it into an option.
+            # Secret content never shows, unless the operator also typed it into an option, or
+            # the charm's own text holds it anyway (a hint's example like "10.0.0.0/8"): the same
+            # config with neutral secret content gives that text too
             typed = " ".join(str(value) for value in config.values())
+            neutral = testing.State(
+                config=config,
+                secrets={
+                    TOKEN_SECRET,
+                    WEBHOOK_SECRET_OBJ,
+                    testing.Secret(
+                        {k: "n" * max(1, len(v)) for k, v in backend_content.items()},
+                        id=BACKEND_SECRET.id,
+                    ),
+                },
+            )
+            try:
+                CharmState.from_config(
+                    config, read_secret=read_secret_from(neutral), installed_runner_storage=recorded
+                )
+                charm_text = ""
+            except CharmConfigInvalidError as err:
+                charm_text = str(err)
             for secret in backend_content.values():
-                if len(secret) > 8 and secret not in typed:
+                if len(secret) > 8 and secret not in typed and secret not in charm_text:
                     assert secret not in out.unit_status.message
 
     check()
