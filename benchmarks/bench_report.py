@@ -358,7 +358,12 @@ def missed(result: Result) -> list[str]:
                     "With the Fake backend, whose create time is fixed, the same difference is "
                     f"{fmt(_percentile(fake, 50), 's')} (median): the manager's own share is small, and the "
                     "miss comes from LXD's create time varying between two identical creates on this shared "
-                    "machine (`dir` storage: each create copies the whole image)."
+                    f"machine (`{details.get('lxd', {}).get('storage_driver') or 'unknown'}` storage pool"
+                    + (
+                        ": each create copies the whole image)."
+                        if details.get("lxd", {}).get("storage_driver") == "dir"
+                        else ")."
+                    )
                 )
         elif row.key == "create_200_at_1s_wall_s":
             create = details.get("scale", {}).get("create_200", {})

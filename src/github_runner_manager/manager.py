@@ -1424,11 +1424,10 @@ class RunnerManager:
         delay = self._create_backoff.failed((group.name, str(path)), error)
         if delay is None:
             return  # a concurrent create's failure already opened this round
-        state = next(
-            s
-            for s in self._create_backoff.states()
-            if (s.group, s.owner) == (group.name, str(path))
-        )
+        key = (group.name, str(path))
+        state = next((s for s in self._create_backoff.states() if (s.group, s.owner) == key), None)
+        if state is None:
+            return  # a concurrent create succeeded meanwhile: the breaker is closed again
         self.metrics.create_backoff.labels(group=group.name).set(delay)
         logger.warning(
             "creates for group %s at %s back off %.1fs after %d failed round%s (last: %s)",
