@@ -402,10 +402,14 @@ def observations(result: Result) -> list[str]:
             for name, v in sorted(ops.items())
             if v.get("rate_limit_units")
         )
-        out.append(
-            f"* Units per job at 500 runners, by operation ({jobs} jobs): {parts}. `delete_runner` is the removal of "
-            "the finished ephemeral runner, which GitHub has already removed itself (the emulator answers 404)."
+        note = (
+            "`delete_runner` is the removal of the finished ephemeral runner, which GitHub has already removed "
+            "itself (the emulator answers 404)."
+            if (ops.get("delete_runner") or {}).get("rate_limit_units")
+            else "No `delete_runner`: GitHub removes an ephemeral runner whose job succeeded, and the manager "
+            "sends no DELETE that would be answered 404 (an orphan left anyway is removed by a later reconcile)."
         )
+        out.append(f"* Units per job at 500 runners, by operation ({jobs} jobs): {parts}. {note}")
     pickup = details.get("pickup", {})
     surplus = {k: len(v.get("not_cold") or []) for k, v in pickup.items() if v.get("not_cold")}
     if surplus:
@@ -439,6 +443,17 @@ def observations(result: Result) -> list[str]:
     return out
 
 
+def _sharing(machine: dict[str, Any], result: dict[str, Any]) -> str:
+    """Whether other work shared the machine, from the 1-minute load average at the start and the end."""
+    loads = [
+        _num((machine.get("load_avg_start") or [None])[0]),
+        _num((result.get("load_avg_end") or [None])[0]),
+    ]
+    cpus = _num(machine.get("cpus")) or 1.0
+    busy = any(x is not None and x > 0.5 * cpus for x in loads)
+    return "other work shared the machine" if busy else "little else ran on the machine"
+
+
 def render(result: Result) -> str:
     machine = result.get("machine", {})
     api = result.get("details", {}).get("api", {})
@@ -452,7 +467,7 @@ def render(result: Result) -> str:
         "",
         f"* **Machine**: {machine.get('cpu')}, {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB RAM; "
         f"{machine.get('os')}; Python {machine.get('python')}; load average {machine.get('load_avg_start')} at "
-        f"the start, {result.get('load_avg_end')} at the end (other work shared the machine)",
+        f"the start, {result.get('load_avg_end')} at the end ({_sharing(machine, result)})",
         f"* **Date**: {result.get('date')}",
         f"* **Commit**: `{result.get('commit')}`",
         f"* **Mode**: {'quick (small sizes; not comparable)' if result.get('quick') else 'full'}; "
