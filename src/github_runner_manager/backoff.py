@@ -123,10 +123,17 @@ class CreateBackoff:
             entry.until = now + delay
             return delay
 
+    def state(self, key: Key) -> BackoffState | None:
+        """The breaker of ``key`` when it is open or half-open; None when closed."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return None if entry is None else _state(key, entry)
+
     def states(self) -> list[BackoffState]:
         """Every breaker that is open or half-open."""
         with self._lock:
-            return [
-                BackoffState(g, o, e.failures, e.until, e.probing, e.error)
-                for (g, o), e in sorted(self._entries.items())
-            ]
+            return [_state(key, entry) for key, entry in sorted(self._entries.items())]
+
+
+def _state(key: Key, entry: _Entry) -> BackoffState:
+    return BackoffState(key[0], key[1], entry.failures, entry.until, entry.probing, entry.error)

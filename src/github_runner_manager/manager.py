@@ -304,6 +304,17 @@ def _host_identity() -> str:
     return f"{boot}:{pidns}".replace("/", "_").replace("|", "_")
 
 
+def _session_gone(session: str) -> bool:
+    """Whether a session (``pid:start``) of a process of this host no longer runs; text not of
+    that form is not ours to judge (False)."""
+    pid_text, _, start = session.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    return _proc_start(pid) != start
+
+
 def holder_is_dead(holder: str) -> bool:
     """Whether a lease holder (``host/pid:start``) is a process of this host that no longer runs.
 
@@ -311,14 +322,12 @@ def holder_is_dead(holder: str) -> bool:
     holder, or text not of that form, counts as alive.
     """
     host, _, session = holder.rpartition("/")
-    if not host or host != _host_identity():
-        return False
-    pid_text, _, start = session.partition(":")
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    return _proc_start(pid) != start
+    return bool(host) and host == _host_identity() and _session_gone(session)
+
+
+def prefixed_counters(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
+    """The fleet counters named ``{prefix}{name}``, as ``name -> value`` (sorted)."""
+    return {k.removeprefix(prefix): v for k, v in sorted(counters.items()) if k.startswith(prefix)}
 
 
 def read_create_backoffs(
@@ -441,9 +450,8 @@ class RunnerManager:
             max_workers=config.concurrency, thread_name_prefix="ghrm-act"
         )
         self._session = f"{os.getpid()}:{_proc_start(os.getpid()) or '0'}"
-        self._host = _host_identity()
         #: who holds this process's leases: judged dead by any process of the same host
-        self._holder = f"{self._host}/{self._session}"
+        self._holder = f"{_host_identity()}/{self._session}"
         self._creating: set[str] = set()
         self._deleting: set[str] = set()
         self._inflight_lock = threading.Lock()
@@ -515,6 +523,10 @@ class RunnerManager:
         except KeyError:
             return None
 
+    def _group_of(self, name: str) -> str:
+        """The group part of a runner name ``{prefix}-{group}-{suffix}`` (see :meth:`_new_name`)."""
+        return name.removeprefix(f"{self.prefix}-").rpartition("-")[0]
+
     def _new_name(self, group: str) -> str:
         suffix = "".join(secrets.choice(_NAME_ALPHABET) for _ in range(6))
         return f"{self.prefix}-{group}-{suffix}"
@@ -528,10 +540,6 @@ class RunnerManager:
             return record.name in self._creating
         return self._session_alive_text(session)
 
-    def _holder_dead(self, holder: str) -> bool:
-        """Whether a lease holder (``host/pid:start``) is a process of this host that no longer runs."""
-        return holder_is_dead(holder)  # another host, container or boot: only the expiry tells
-
     def _delete_lease(self, name: str, ttl: float) -> contextlib.AbstractContextManager[bool]:
         """The lease that serialises every removal of runner ``name`` across processes and units.
 
@@ -539,7 +547,7 @@ class RunnerManager:
         resumes the interrupted removal instead of waiting ``ttl`` seconds.
         """
         return self.store.lease(
-            f"delete:{name}", ttl=ttl, holder=self._holder, holder_dead=self._holder_dead
+            f"delete:{name}", ttl=ttl, holder=self._holder, holder_dead=holder_is_dead
         )
 
     def close(self) -> None:
@@ -923,7 +931,7 @@ class RunnerManager:
         self, name: str, backend: str, inst: Instance, gr: GitHubRunner
     ) -> ObservedRunner | None:
         """Rebuild the record of an instance GitHub knows but Redis does not (Redis was emptied)."""
-        group = inst.tags.get(TAG_GROUP) or name.removeprefix(f"{self.prefix}-").rpartition("-")[0]
+        group = inst.tags.get(TAG_GROUP) or self._group_of(name)
         owner = inst.tags.get(TAG_OWNER) or gr.owner
         if not self.store.reserve_runners(
             group, owner, [name], self.unit, group_cap=0, total_cap=0, owner_cap=0,
@@ -1019,14 +1027,7 @@ class RunnerManager:
         self._redis("unit lock", lambda: self._del_if(keys=[key], args=[value]))
 
     def _session_alive_text(self, session: str) -> bool:
-        if session == self._session:
-            return True
-        pid_text, _, start = session.partition(":")
-        try:
-            pid = int(pid_text)
-        except ValueError:
-            return True  # not ours to judge
-        return _proc_start(pid) == start
+        return session == self._session or not _session_gone(session)
 
     def _reconcile(self, quantity: int | None, resources: Sizing | None) -> int:
         self.heartbeat()
@@ -1418,14 +1419,18 @@ class RunnerManager:
     def _backoff_key(self) -> str:
         return f"{self._kp}:create_backoff"
 
+    def _backoff_field(self, group: RunnerGroup, path: GitHubPath) -> str:
+        """This unit's field of ``{prefix}:create_backoff`` (read by :func:`read_create_backoffs`)."""
+        return f"{self.unit}|{group.name}|{path}"
+
     def _creates_fail(self, group: RunnerGroup, path: GitHubPath, exc: BaseException) -> None:
         """A create failed: back off that group's creates at ``path`` (see backoff.py)."""
         error = f"{type(exc).__name__}: {exc}"
-        delay = self._create_backoff.failed((group.name, str(path)), error)
+        key = (group.name, str(path))
+        delay = self._create_backoff.failed(key, error)
         if delay is None:
             return  # a concurrent create's failure already opened this round
-        key = (group.name, str(path))
-        state = next((s for s in self._create_backoff.states() if (s.group, s.owner) == key), None)
+        state = self._create_backoff.state(key)
         if state is None:
             return  # a concurrent create succeeded meanwhile: the breaker is closed again
         self.metrics.create_backoff.labels(group=group.name).set(delay)
@@ -1442,7 +1447,7 @@ class RunnerManager:
             self._redis(
                 "create backoff",
                 lambda: self.store.client.hset(
-                    self._backoff_key, f"{self.unit}|{group.name}|{path}", entry
+                    self._backoff_key, self._backoff_field(group, path), entry
                 ),
             )
 
@@ -1454,9 +1459,7 @@ class RunnerManager:
         with contextlib.suppress(StoreUnavailable):
             self._redis(
                 "create backoff",
-                lambda: self.store.client.hdel(
-                    self._backoff_key, f"{self.unit}|{group.name}|{path}"
-                ),
+                lambda: self.store.client.hdel(self._backoff_key, self._backoff_field(group, path)),
             )
 
     def create_backoffs(self) -> list[dict[str, Any]]:
@@ -1466,9 +1469,7 @@ class RunnerManager:
         """
         return self._redis(
             "create backoff",
-            lambda: read_create_backoffs(
-                self.store, max_age=self.config.create_backoff_max + 60, is_dead=self._holder_dead
-            ),
+            lambda: read_create_backoffs(self.store, max_age=self.config.create_backoff_max + 60),
         )
 
     def _removed(self, group: str, reason: str) -> None:
@@ -1540,12 +1541,14 @@ class RunnerManager:
         if rec is None:
             return False
         path = GitHubPath.parse(rec.owner)
-        if reason == "resume" and not allow_busy and self._took_a_job(rec, path):
-            return False
-        husk = reason in ("done", "resume")
+        # A resumed delete (its process was killed) of a runner that was not to be killed checks,
+        # like any delete, that the runner did not take a job meanwhile: one that did goes back to
+        # busy and is removed once its job is done. Deletes of husks and of busy runners go on.
+        husk = reason == "done" or (reason == "resume" and rec.extra.get("delete_busy") == "1")
         if not allow_busy and not husk:
             if rec.state is RunnerState.BUSY or self.jobqueue.runner_job_unfinished(name):
                 logger.info("runner %s not deleted (%s): its job is unfinished", name, reason)
+                self.store.transition(name, [RunnerState.DELETING], RunnerState.BUSY)
                 return False
             if rec.github_id is not None:
                 current = self.github.get_runner(path, rec.github_id)
@@ -1595,30 +1598,6 @@ class RunnerManager:
         job = self.jobqueue.job_status(rec.job_id) or {}
         return job.get("status") == "completed" and job.get("conclusion") == "success"
 
-    def _took_a_job(self, rec: RunnerRecord, path: GitHubPath) -> bool:
-        """Before resuming an interrupted delete of an idle runner: did it take a job meanwhile?
-
-        A delete is interrupted (its process killed) before it reached the instance; the runner,
-        still registered and online, may have taken a job since. Such a runner goes back to ``busy``
-        and is removed once its job is done; deletes of busy runners (flush) and of husks go on.
-        """
-        if rec.state is not RunnerState.DELETING:
-            return False
-        if rec.extra.get("delete_busy") == "1":
-            return False
-        busy = self.jobqueue.runner_job_unfinished(rec.name)
-        if not busy and rec.github_id is not None:
-            current = self.github.get_runner(path, rec.github_id)
-            busy = current is not None and current.busy and current.status == "online"
-        if busy and self.store.transition(rec.name, [RunnerState.DELETING], RunnerState.BUSY):
-            logger.warning(
-                "runner %s took a job while its interrupted delete (%s) waited; kept until the job ends",
-                rec.name,
-                rec.extra.get("delete_reason") or "unknown reason",
-            )
-            return True
-        return False
-
     def _cleanup_instance(self, name: str) -> bool:
         """Delete an instance no record or GitHub runner knows (with the runner's lease)."""
         with self._delete_lease(name, ttl=300) as mine:
@@ -1627,9 +1606,7 @@ class RunnerManager:
             for bname in self._backend_names():
                 with self.metrics.backend_call(bname, "delete"):
                     self.backend(bname).delete(name)
-            self._removed(
-                name.removeprefix(f"{self.prefix}-").rpartition("-")[0], "orphan-instance"
-            )
+            self._removed(self._group_of(name), "orphan-instance")
             logger.info("orphan instance %s deleted", name)
             return True
 
@@ -1638,8 +1615,7 @@ class RunnerManager:
         if name is not None and self.store.get_runner(name) is not None:
             return False  # a record appeared meanwhile: it is being created, not an orphan
         removed = self.github.delete_runner(GitHubPath.parse(owner), runner_id)
-        group = (name or "").removeprefix(f"{self.prefix}-").rpartition("-")[0]
-        self._removed(group, "orphan-github")
+        self._removed(self._group_of(name or ""), "orphan-github")
         logger.info("orphan GitHub runner %s at %s removed", runner_id, owner)
         return removed
 
@@ -2045,11 +2021,7 @@ class RunnerManager:
             backends = by_backend.setdefault(rec.group, {})
             backends[rec.backend] = backends.get(rec.backend, 0) + 1
         counters = self.store.counters()
-        refusals = {
-            key.removeprefix("backend_capacity_"): value
-            for key, value in sorted(counters.items())
-            if key.startswith("backend_capacity_")
-        }
+        refusals = prefixed_counters(counters, "backend_capacity_")
         budget = self._redis(
             "github budget", lambda: self.store.client.hgetall(f"{self._kp}:github")
         )
@@ -2093,11 +2065,7 @@ class RunnerManager:
 
     def removals(self) -> dict[str, int]:
         """Runners (and leftovers) the fleet removed, by reason (``ghrm_runners_removed_total``)."""
-        return {
-            key.removeprefix("runners_removed_"): value
-            for key, value in sorted(self.store.counters().items())
-            if key.startswith("runners_removed_")
-        }
+        return prefixed_counters(self.store.counters(), "runners_removed_")
 
     def info(self) -> str:
         """The statistics as a human-readable table (text)."""
@@ -2237,11 +2205,7 @@ def render_statistics(
         console.print(
             f"jobs unmatched: {unmatched}, refused by sizing policy: {refused}, failed creates: {failures}"
         )
-        removed = {
-            k.removeprefix("runners_removed_"): v
-            for k, v in sorted(counters.items())
-            if k.startswith("runners_removed_")
-        }
+        removed = prefixed_counters(counters, "runners_removed_")
         if removed:
             console.print(
                 "runners removed: " + ", ".join(f"{reason} {n}" for reason, n in removed.items())

@@ -19,6 +19,20 @@ from typing import Any
 from github_runner_manager.backends.base import Backend, Instance
 from github_runner_manager.backends.registry import create_backend
 
+#: Settings that build each cloud backend without connecting anywhere (docker and aws need none).
+MINIMAL_SETTINGS: dict[str, dict[str, Any]] = {
+    "docker": {},
+    "aws": {},
+    "gcp": {"project": "my-project-1", "zone": "us-central1-a"},
+    "openstack": {
+        "auth_url": "https://keystone.example:5000/v3",
+        "username": "u",
+        "password": "p",
+        "project_name": "runners",
+    },
+    "vsphere": {"host": "vcenter.example", "user": "u", "password": "p"},
+}
+
 
 class Harness:
     """Generic part: backends through the registry, cleaned up afterwards."""

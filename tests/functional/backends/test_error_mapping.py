@@ -30,18 +30,9 @@ from github_runner_manager.backends.base import (
     InstanceNotFound,
 )
 from github_runner_manager.backends.registry import create_backend
+from tests.functional.backends.harnesses import MINIMAL_SETTINGS
 
-#: Settings that build each backend without connecting anywhere.
-SETTINGS: dict[str, dict[str, Any]] = {
-    "gcp": {"project": "my-project-1", "zone": "us-central1-a"},
-    "openstack": {
-        "auth_url": "https://keystone.example:5000/v3",
-        "username": "u",
-        "password": "p",
-        "project_name": "runners",
-    },
-    "vsphere": {"host": "vcenter.example", "user": "u", "password": "p"},
-}
+SETTINGS = MINIMAL_SETTINGS
 
 
 def _response(status: int, body: Any) -> requests.Response:

@@ -16,20 +16,10 @@ import pytest
 from github_runner_manager.backends.base import BackendConfigError
 from github_runner_manager.backends.registry import backend_class, create_backend
 from github_runner_manager.units import GIB
+from tests.functional.backends.harnesses import MINIMAL_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[3]
-MINIMAL = {
-    "docker": {},
-    "aws": {},
-    "gcp": {"project": "my-project-1", "zone": "us-central1-a"},
-    "openstack": {
-        "auth_url": "https://keystone.example:5000/v3",
-        "username": "u",
-        "password": "p",
-        "project_name": "runners",
-    },
-    "vsphere": {"host": "vcenter.example", "user": "u", "password": "p"},
-}
+MINIMAL = MINIMAL_SETTINGS
 MINE = list(MINIMAL)
 
 
